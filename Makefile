@@ -1,0 +1,38 @@
+# The two commands a new user runs: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint system-deps clean
+
+# On a machine without an NVIDIA GPU, torch is pinned to the CPU build and installed first: an unpinned torch
+# pulls a multi-GB CUDA build. On a GPU machine the venv sees the user's own torch (system site packages).
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; fi
+	$(PIP) install -q --upgrade pip
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch==2.13.0; fi
+	$(PIP) install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# Chromium and a CJK font for the browser tests (Debian packages; root on CI and the dev machines).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi wenquanyi; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei tmux >/dev/null; fi
+
+demo: $(STAMP)
+	$(VENV)/bin/wenzhen demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache
