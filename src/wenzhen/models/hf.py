@@ -1,0 +1,71 @@
+"""Any local Hugging Face causal-LM directory with a chat template (Qwen2.5, Llama, SmolLM2, ...)."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from wenzhen.errors import WenzhenError
+from wenzhen.models.family import FAMILIES, Message, ModelFamily
+
+
+def load_native_model(model_dir: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    """transformers' own loader (it streams shards); weights land directly on `device`."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=str(device))
+    except (OSError, ValueError, KeyError) as exc:
+        raise WenzhenError(f"transformers cannot load {model_dir}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+class HFChatFamily(ModelFamily):
+    """Generic chat models: the tokenizer's own chat template formats prompts."""
+
+    name = "hf"
+    supports_tools = False
+
+    def matches(self, config: dict[str, Any]) -> bool:
+        """Anything transformers knows, checked last."""
+        return "model_type" in config
+
+    def load_tokenizer(self, model_dir: Path) -> PreTrainedTokenizerBase:
+        """The directory's tokenizer; it must carry a chat template."""
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if not tokenizer.chat_template:
+            raise WenzhenError(
+                f"the tokenizer in {model_dir} has no chat template; use a chat/instruct model"
+            )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def load_model(self, model_dir: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+        """Through transformers' native loader."""
+        return load_native_model(model_dir, dtype, device)
+
+    def encode_prompt(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """`apply_chat_template`, which returns a BatchEncoding in transformers 5."""
+        encoded = tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=True
+        )
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return list(ids)
+
+    def stop_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """The tokenizer's eos plus the end-of-turn tokens common templates use."""
+        ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        for token in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+                ids.add(token_id)
+        return sorted(ids)
+
+
+FAMILIES.add(HFChatFamily.name, HFChatFamily())

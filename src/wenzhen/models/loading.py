@@ -1,0 +1,182 @@
+"""The one model loader: a path in, a ready model + tokenizer + family out.
+
+`path` may be an official ChatGLM3 download, a directory converted or merged by wenzhen, any local Hugging Face
+chat model, or an adapter directory (LoRA / prefix tuning) whose base is found from `--base`, the run folder's
+`run.json` or the adapter's own `base_model_name_or_path`, in that order.
+"""
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from wenzhen.errors import WenzhenError
+from wenzhen.models import chatglm3, hf  # noqa: F401 - importing registers the families, ChatGLM3 first
+from wenzhen.models.family import FAMILIES, ModelFamily
+from wenzhen.runinfo import read_run_info
+
+log = logging.getLogger(__name__)
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for generation or training."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    family: ModelFamily
+    path: Path
+    adapter: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """A short display name: the adapter's folder if any, else the model's."""
+        return (self.adapter or self.path).name
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """config.json of `model_dir`, with a clear error when it is missing or broken."""
+    file = model_dir / "config.json"
+    if not file.is_file():
+        raise WenzhenError(
+            f"{model_dir} has no config.json; pass a model directory (or an adapter directory)"
+        )
+    try:
+        data: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WenzhenError(f"{file} is not valid JSON ({exc.msg}); download it again") from None
+    return data
+
+
+def detect_family(model_dir: Path) -> ModelFamily:
+    """The first registered family that recognises the directory's config."""
+    config = read_config(model_dir)
+    for _, family in FAMILIES.items():
+        if family.matches(config):
+            return family
+    raise WenzhenError(
+        f"{model_dir}/config.json has no model_type; this is not a transformers model directory"
+    )
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Accept `bf16`/`fp16`/`fp32`/`auto` or a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
+    names |= {"fp32": torch.float32, "float32": torch.float32}
+    if dtype in (None, "auto"):
+        return default_dtype(device)
+    if dtype not in names:
+        raise WenzhenError(f"unknown dtype {dtype!r}; use bf16, fp16, fp32 or auto")
+    return names[dtype]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`cuda` when available unless told otherwise."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def is_adapter_dir(path: Path) -> bool:
+    """True for a PEFT adapter directory."""
+    return (path / ADAPTER_CONFIG).is_file()
+
+
+def resolve_base(adapter_dir: Path, base: str | Path | None) -> Path:
+    """The base model of an adapter: `base` if given, else its run.json, else its adapter_config.json."""
+    if base is not None:
+        candidates = [("--base", str(base))]
+    else:
+        candidates = []
+        info = read_run_info(adapter_dir) or read_run_info(adapter_dir.parent)
+        if info and info.base_model:
+            candidates.append(("run.json", info.base_model))
+        recorded = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get(
+            "base_model_name_or_path"
+        )
+        if recorded:
+            candidates.append(("adapter_config.json", recorded))
+    for _, candidate in candidates:
+        if Path(candidate).is_dir():
+            return Path(candidate)
+    tried = "; ".join(f"{source} says {value}" for source, value in candidates) or "no base path recorded"
+    raise WenzhenError(
+        f"cannot find the base model of adapter {adapter_dir} ({tried}, not a directory here); "
+        "pass --base MODEL_DIR"
+    )
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model (or of an adapter's base) directory, with a chat template."""
+    model_dir = Path(path)
+    if is_adapter_dir(model_dir):
+        model_dir = resolve_base(model_dir, None)
+    return detect_family(model_dir).load_tokenizer(model_dir)
+
+
+def attach_adapter(model: PreTrainedModel, adapter_dir: Path, family: ModelFamily) -> PreTrainedModel:
+    """Load a PEFT adapter onto `model`, converting official ChatGLM3 adapters on the fly."""
+    from peft import PeftModel
+
+    if family.name == chatglm3.ChatGLM3Family.name and chatglm3.is_official_adapter(adapter_dir):
+        converted = Path(tempfile.mkdtemp(prefix="wenzhen-adapter-"))
+        log.info("converting official ChatGLM3 adapter %s (query_key_value -> q/k/v)", adapter_dir)
+        adapter_dir = chatglm3.convert_official_adapter(adapter_dir, converted, model.config)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise WenzhenError(
+            f"adapter {adapter_dir} does not fit this base model ({str(exc).splitlines()[0][:160]}); "
+            "pass the --base it was trained on"
+        ) from None
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    adapter: str | Path | None = None,
+    base: str | Path | None = None,
+) -> LoadedModel:
+    """Load a model for generation or evaluation.
+
+    `path` is a model directory or an adapter directory; `adapter` adds an adapter to a model directory; `base`
+    overrides the base recorded in an adapter.
+    """
+    target = Path(path)
+    adapter_dir = Path(adapter) if adapter is not None else None
+    if adapter_dir is None and is_adapter_dir(target):
+        adapter_dir, target = target, resolve_base(target, base)
+    elif adapter_dir is not None and not is_adapter_dir(adapter_dir):
+        raise WenzhenError(
+            f"{adapter_dir} has no {ADAPTER_CONFIG}; pass a LoRA or prefix-tuning adapter directory"
+        )
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    family = detect_family(target)
+    tokenizer = family.load_tokenizer(target)
+    model = family.load_model(target, torch_dtype, torch_device)
+    if adapter_dir is not None:
+        model = attach_adapter(model, adapter_dir, family)
+    return LoadedModel(model=model, tokenizer=tokenizer, family=family, path=target, adapter=adapter_dir)
