@@ -101,14 +101,11 @@ def glm_config_from_official(config: dict[str, Any]) -> GlmConfig:
     )
 
 
-def qkv_sizes(config: GlmConfig) -> tuple[int, int, int]:
+def qkv_sizes(config: GlmConfig) -> list[int]:
     """Rows of q, k and v inside the fused `query_key_value` (4096, 256, 256 for the 6B)."""
-    head_dim = config.head_dim
-    return (
-        config.num_attention_heads * head_dim,
-        config.num_key_value_heads * head_dim,
-        config.num_key_value_heads * head_dim,
-    )
+    head_dim = int(config.head_dim)
+    kv_rows = int(config.num_key_value_heads) * head_dim
+    return [int(config.num_attention_heads) * head_dim, kv_rows, kv_rows]
 
 
 def official_to_native(
@@ -164,7 +161,7 @@ def native_to_official(state: dict[str, torch.Tensor], config: GlmConfig) -> dic
 
 def official_config_from_glm(config: GlmConfig) -> dict[str, Any]:
     """An official-layout `config.json` (no auto_map: it loads with wenzhen, or add the remote-code files)."""
-    rope_theta = float(config.rope_parameters["rope_theta"])
+    rope_theta = float(dict(config.rope_parameters or {}).get("rope_theta", 10000.0))
     return {
         "model_type": OFFICIAL_MODEL_TYPE,
         "architectures": ["ChatGLMModel"],

@@ -1,0 +1,298 @@
+"""The one generation engine under the chat CLI, the web UI, the API and evaluation.
+
+It owns prompt encoding (through the model family), history trimming, the stop tokens, streaming with correct
+UTF-8 boundaries, cancellation and batched generation with left padding. Decoding itself is transformers'
+`generate`; we only add what it lacks: a streamer that yields token ids to our own incremental decoder (so a
+multi-byte character split across byte-fallback tokens is never emitted half-way) and a cancellation criterion.
+"""
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import Field
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from wenzhen.config import StrictModel
+from wenzhen.errors import WenzhenError
+from wenzhen.models import LoadedModel, Message
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class GenerationSettings(StrictModel):
+    """Sampling options; temperature 0 means greedy decoding."""
+
+    max_new_tokens: int = Field(512, ge=1, le=32768, description="most tokens to generate")
+    temperature: float = Field(0.6, ge=0.0, le=2.0, description="0 = greedy")
+    top_p: float = Field(0.8, gt=0.0, le=1.0, description="nucleus sampling mass")
+    repetition_penalty: float = Field(1.0, ge=0.5, le=2.0, description="1.0 = off")
+    seed: int | None = Field(None, description="fixes sampling for reproducible answers")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `model.generate`."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.temperature > 0:
+            kwargs |= {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        else:
+            kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return kwargs
+
+
+@dataclass
+class ChatResult:
+    """One finished answer."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (a stop token), "length" (max_new_tokens) or "cancelled"
+    tool_call: dict[str, Any] | None = None
+    raw_text: str = ""
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops generation when the caller sets the event (client disconnected, stop button)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+class _IdQueue(BaseStreamer):
+    """Receives new token ids from `generate` (the first call carries the prompt, which is skipped)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+@dataclass
+class ChatStream:
+    """Iterate to receive text deltas; `result` is set once iteration ends."""
+
+    deltas: Iterator[str]
+    result: ChatResult | None = field(default=None)
+
+    def __iter__(self) -> Iterator[str]:
+        return self.deltas
+
+
+class ChatEngine:
+    """Generation for one loaded model."""
+
+    def __init__(self, loaded: LoadedModel, max_context: int | None = None) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.family = loaded.family
+        config = getattr(self.model, "config", None)
+        self.max_context = max_context or int(getattr(config, "max_position_embeddings", 4096) or 4096)
+        stops = set(self.family.stop_token_ids(self.tokenizer))
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        stops |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.stop_ids = sorted(stops)
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        )
+        # transformers models are not safe to drive from several threads at once.
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return next(self.model.parameters()).device
+
+    def encode(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Prompt ids ending with the assistant's turn, through the family's one chat formatter."""
+        if not messages:
+            raise WenzhenError("a chat request needs at least one message")
+        return self.family.encode_prompt(self.tokenizer, messages, tools=tools, add_generation_prompt=True)
+
+    def count_prompt_tokens(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> int:
+        """Length of the encoded prompt."""
+        return len(self.encode(messages, tools))
+
+    def trim_history(
+        self, messages: list[Message], max_new_tokens: int, tools: list[dict[str, Any]] | None = None
+    ) -> list[Message]:
+        """Drop the oldest turns (never system messages, never the last message) until the prompt plus
+        `max_new_tokens` fits the context window."""
+        kept = list(messages)
+        budget = self.max_context - max_new_tokens
+        while len(self.encode(kept, tools)) > budget:
+            droppable = [i for i, m in enumerate(kept[:-1]) if m["role"] != "system"]
+            if not droppable:
+                raise WenzhenError(
+                    f"the message is too long for the context window ({self.max_context} tokens with "
+                    f"{max_new_tokens} for the answer); shorten it or lower max_new_tokens"
+                )
+            del kept[droppable[0]]
+            # Drop a whole exchange: an orphaned assistant answer would confuse the model.
+            if droppable[0] < len(kept) - 1 and kept[droppable[0]]["role"] == "assistant":
+                del kept[droppable[0]]
+        return kept
+
+    def _finish(
+        self, raw: str, prompt_tokens: int, ids: list[int], max_new: int, cancelled: bool, tools: Any
+    ) -> ChatResult:
+        ended_on_stop = bool(ids) and ids[-1] in self.stop_ids
+        reason = "cancelled" if cancelled else "stop" if ended_on_stop or len(ids) < max_new else "length"
+        tool_call = self.family.parse_tool_call(raw) if tools else None
+        completion = len(ids) - (1 if ended_on_stop else 0)
+        return ChatResult(raw.strip(), prompt_tokens, completion, reason, tool_call, raw)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i not in self.stop_ids], skip_special_tokens=True)
+
+    def stream(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> ChatStream:
+        """Start generating; iterate the returned stream for text deltas (leading whitespace dropped)."""
+        settings = settings or GenerationSettings()
+        messages = self.trim_history(messages, settings.max_new_tokens, tools)
+        prompt = self.encode(messages, tools)
+        stop_event = stop_event or threading.Event()
+        chat_stream = ChatStream(iter(()))
+        chat_stream.deltas = self._stream_deltas(chat_stream, prompt, settings, tools, stop_event)
+        return chat_stream
+
+    def _stream_deltas(
+        self,
+        chat_stream: ChatStream,
+        prompt: list[int],
+        settings: GenerationSettings,
+        tools: Any,
+        stop_event: threading.Event,
+    ) -> Iterator[str]:
+        streamer = _IdQueue()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self._lock:
+                    self._generate_ids([prompt], settings, stop_event, streamer)
+            except BaseException as exc:  # re-raised in the consuming thread below
+                errors.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        ids: list[int] = []
+        emitted = ""
+        try:
+            while (chunk := streamer.queue.get()) is not None:
+                ids.extend(chunk)
+                text = self._decode(ids).lstrip()
+                if text.endswith(REPLACEMENT_CHAR):
+                    continue  # a character split across byte tokens: wait for its remaining bytes
+                if len(text) > len(emitted) and text.startswith(emitted):
+                    yield text[len(emitted) :]
+                    emitted = text
+        finally:
+            # Reached early when the consumer stops iterating (client gone): tell generate to stop too.
+            if worker.is_alive():
+                stop_event.set()
+            worker.join()
+        if errors:
+            raise errors[0]
+        raw = self._decode(ids)
+        cancelled = (
+            stop_event.is_set()
+            and not (ids and ids[-1] in self.stop_ids)
+            and len(ids) < settings.max_new_tokens
+        )
+        chat_stream.result = self._finish(raw, len(prompt), ids, settings.max_new_tokens, cancelled, tools)
+        final = chat_stream.result.text
+        if final.startswith(emitted) and len(final) > len(emitted):
+            yield final[len(emitted) :]
+
+    def generate(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> ChatResult:
+        """The whole answer at once."""
+        chat_stream = self.stream(messages, settings, tools, stop_event)
+        for _ in chat_stream:
+            pass
+        assert chat_stream.result is not None
+        return chat_stream.result
+
+    def generate_batch(
+        self, conversations: list[list[Message]], settings: GenerationSettings | None = None
+    ) -> list[ChatResult]:
+        """Answer several conversations in one left-padded batch."""
+        settings = settings or GenerationSettings()
+        prompts = [self.encode(self.trim_history(c, settings.max_new_tokens)) for c in conversations]
+        with self._lock:
+            outputs = self._generate_ids(prompts, settings, threading.Event(), None)
+        results = []
+        for prompt, row in zip(prompts, outputs, strict=True):
+            ids = self._strip_after_stop(row)
+            results.append(
+                self._finish(self._decode(ids), len(prompt), ids, settings.max_new_tokens, False, None)
+            )
+        return results
+
+    def _strip_after_stop(self, row: list[int]) -> list[int]:
+        for position, token in enumerate(row):
+            if token in self.stop_ids:
+                return row[: position + 1]
+        return row
+
+    @torch.inference_mode()
+    def _generate_ids(
+        self,
+        prompts: list[list[int]],
+        settings: GenerationSettings,
+        stop_event: threading.Event,
+        streamer: BaseStreamer | None,
+    ) -> list[list[int]]:
+        """Left-pad, generate, and return each row's new ids."""
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention[row, width - len(prompt) :] = 1
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        output = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            stopping_criteria=StoppingCriteriaList([_Cancelled(stop_event)]),
+            streamer=streamer,
+            **settings.generate_kwargs(),
+        )
+        return [row[width:].tolist() for row in output.cpu()]
