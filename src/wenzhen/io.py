@@ -13,7 +13,9 @@ from wenzhen.errors import WenzhenError
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8"
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success fsync it and rename it onto `path`, on error remove it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise WenzhenError(f"{path}:{number} is not valid JSON ({exc.msg}); fix or remove that line") from None
+                raise WenzhenError(
+                    f"{path}:{number} is not valid JSON ({exc.msg}); fix or remove that line"
+                ) from None
     return rows
 
 
@@ -78,7 +82,9 @@ def atomic_directory(path: str | os.PathLike[str], *, force: bool = False) -> It
     """
     target = Path(path)
     if target.exists() and not force:
-        raise WenzhenError(f"{target} already exists; choose another output directory or pass --force to replace it")
+        raise WenzhenError(
+            f"{target} already exists; choose another output directory or pass --force to replace it"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
