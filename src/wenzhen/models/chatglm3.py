@@ -394,7 +394,9 @@ def convert_official_adapter(adapter_dir: Path, out_dir: Path, config: GlmConfig
         kind = rest.split("query_key_value.", 1)[1]
         parts = torch.split(tensor, qkv_sizes(config), dim=0) if kind.startswith("lora_B") else (tensor,) * 3
         for proj, piece in zip(("q_proj", "k_proj", "v_proj"), parts, strict=True):
-            converted[f"base_model.model.model.layers.{layer}.self_attn.{proj}.{kind}"] = piece.contiguous()
+            converted[f"base_model.model.model.layers.{layer}.self_attn.{proj}.{kind}"] = (
+                piece.clone().contiguous()
+            )
     targets = adapter_config.get("target_modules") or []
     adapter_config["target_modules"] = [
         module
