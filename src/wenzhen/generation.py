@@ -101,7 +101,9 @@ class ChatStream:
 class ChatEngine:
     """Generation for one loaded model."""
 
-    def __init__(self, loaded: LoadedModel, max_context: int | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, max_context: int | None = None, static_cache: bool | None = None
+    ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -117,6 +119,9 @@ class ChatEngine:
         )
         # transformers models are not safe to drive from several threads at once.
         self._lock = threading.Lock()
+        # A static KV cache lets transformers compile the decode step (CUDA only): measured in
+        # benchmarks/generate_speed.py, it is the default on GPU and off on CPU, where compilation does not pay.
+        self.static_cache = (self.device.type == "cuda") if static_cache is None else static_cache
 
     @property
     def device(self) -> torch.device:
@@ -195,7 +200,7 @@ class ChatEngine:
         def run() -> None:
             try:
                 with self._lock:
-                    self._generate_ids([prompt], settings, stop_event, streamer)
+                    self.generate_token_ids([prompt], settings, stop_event, streamer)
             except BaseException as exc:  # re-raised in the consuming thread below
                 errors.append(exc)
                 streamer.end()
@@ -252,7 +257,7 @@ class ChatEngine:
         settings = settings or GenerationSettings()
         prompts = [self.encode(self.trim_history(c, settings.max_new_tokens)) for c in conversations]
         with self._lock:
-            outputs = self._generate_ids(prompts, settings, threading.Event(), None)
+            outputs = self.generate_token_ids(prompts, settings, threading.Event(), None)
         results = []
         for prompt, row in zip(prompts, outputs, strict=True):
             ids = self._strip_after_stop(row)
@@ -268,14 +273,14 @@ class ChatEngine:
         return row
 
     @torch.inference_mode()
-    def _generate_ids(
+    def generate_token_ids(
         self,
         prompts: list[list[int]],
         settings: GenerationSettings,
-        stop_event: threading.Event,
-        streamer: BaseStreamer | None,
+        stop_event: threading.Event | None = None,
+        streamer: BaseStreamer | None = None,
     ) -> list[list[int]]:
-        """Left-pad, generate, and return each row's new ids."""
+        """Left-pad prompt ids, generate, and return each row's new ids (the lowest level; benchmarks use it)."""
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -287,10 +292,11 @@ class ChatEngine:
         output = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
-            eos_token_id=self.stop_ids,
+            eos_token_id=self.stop_ids or None,
             pad_token_id=self.pad_id,
-            stopping_criteria=StoppingCriteriaList([_Cancelled(stop_event)]),
+            stopping_criteria=StoppingCriteriaList([_Cancelled(stop_event or threading.Event())]),
             streamer=streamer,
+            cache_implementation="static" if self.static_cache else None,
             **settings.generate_kwargs(),
         )
         return [row[width:].tolist() for row in output.cpu()]
