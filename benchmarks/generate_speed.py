@@ -1,0 +1,162 @@
+"""Prefill latency and decode speed of ChatGLM3-6B (random weights, same shapes) on one GPU.
+
+Variants, all greedy, same prompts, run in one process:
+- `baseline`: plain `model.generate` with transformers' defaults (SDPA attention, dynamic cache);
+- `eager`: the same with eager attention;
+- `sdpa-no-cudnn`: SDPA with the cuDNN backend disabled (it re-plans at every new sequence length);
+- `wenzhen`: `ChatEngine.generate_token_ids`, the path chat/web/API use (static KV cache, compiled decode).
+Also the HBM roofline for batch-1 decode: bytes of weights per token / measured device copy bandwidth.
+Writes `benchmarks/results/generate_speed.{json,md}` with the card.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import GlmForCausalLM
+
+from wenzhen.generation import ChatEngine, GenerationSettings
+from wenzhen.models.chatglm3 import ChatGLM3Family, glm_config_from_official
+from wenzhen.models.loading import LoadedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIG = ROOT.parent / "shared" / "chatglm3" / "chatglm3-6b-config.json"
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy rate in bytes/s, counting bytes read plus written."""
+    src = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * src.numel() * 2 * 10 / (time.perf_counter() - start)
+
+
+def build_model(attn: str, config_path: Path) -> GlmForCausalLM:
+    config = glm_config_from_official(json.loads(config_path.read_text()))
+    config._attn_implementation = attn
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = GlmForCausalLM(config).to(torch.bfloat16)
+    return model.eval()
+
+
+def prefill_ms(model: GlmForCausalLM, prompt: torch.Tensor) -> float:
+    with torch.inference_mode():
+        for _ in range(3):
+            model(prompt)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            model(prompt)
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / 10 * 1000
+
+
+def decode_rate(generate, batch: int, new_tokens: int) -> float:
+    """Aggregate decode tokens/s: (time(prompt + N tokens) - time(prompt + 1 token)) over N-1 steps x batch."""
+    generate(batch, 8)  # warm-up (and compilation for the static cache path)
+    generate(batch, new_tokens)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    generate(batch, 1)
+    torch.cuda.synchronize()
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    generate(batch, new_tokens)
+    torch.cuda.synchronize()
+    full = time.perf_counter() - start
+    return batch * (new_tokens - 1) / (full - one)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--config", type=Path, default=CONFIG, help="official config.json giving the shapes")
+    parser.add_argument("--variants", nargs="+", default=["baseline", "eager", "sdpa-no-cudnn", "wenzhen"])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    prompts = torch.randint(100, 60000, (8, args.prompt_tokens), device="cuda")
+    bandwidth = copy_bandwidth()
+    rows = []
+    for variant in args.variants:
+        torch.backends.cuda.enable_cudnn_sdp(variant != "sdpa-no-cudnn")
+        model = build_model("eager" if variant == "eager" else "sdpa", args.config)
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        if variant == "wenzhen":
+            engine = ChatEngine(LoadedModel(model, None, ChatGLM3Family(), ROOT), static_cache=True)  # type: ignore[arg-type]
+            engine.stop_ids = []  # random weights: decode a fixed number of tokens
+
+            def generate(batch: int, n: int, engine: ChatEngine = engine) -> None:
+                settings = GenerationSettings(max_new_tokens=n, temperature=0)
+                engine.generate_token_ids(prompts[:batch].tolist(), settings)
+
+        else:
+
+            def generate(batch: int, n: int, model: GlmForCausalLM = model) -> None:
+                with torch.inference_mode():
+                    model.generate(
+                        prompts[:batch],
+                        attention_mask=torch.ones_like(prompts[:batch]),
+                        max_new_tokens=n,
+                        min_new_tokens=n,
+                        do_sample=False,
+                        eos_token_id=None,
+                        pad_token_id=0,
+                    )
+
+        row = {
+            "variant": variant,
+            "prefill_512_ms": prefill_ms(model, prompts[:1]),
+            "decode_b1_tok_s": decode_rate(generate, 1, args.new_tokens),
+            "decode_b8_tok_s": decode_rate(generate, 8, args.new_tokens),
+            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del model
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    roofline = bandwidth / weight_bytes
+    report = {
+        "card": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "copy_bandwidth_tb_s": bandwidth / 1e12,
+        "weight_bytes": weight_bytes,
+        "roofline_b1_tok_s": roofline,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "generate_speed.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        f"# Generation speed, ChatGLM3-6B shapes, random bf16 weights — {report['card']}, torch {torch.__version__}",
+        "",
+        f"Copy bandwidth {bandwidth / 1e12:.2f} TB/s; weights {weight_bytes / 1e9:.2f} GB; batch-1 decode roofline "
+        f"{roofline:.0f} tokens/s. Prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy.",
+        "",
+        "| variant | prefill 512 ms | decode b1 tok/s | % roofline | decode b8 tok/s (aggregate) | b8 / b1 | peak GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['prefill_512_ms']:.1f} | {r['decode_b1_tok_s']:.1f} | "
+            f"{100 * r['decode_b1_tok_s'] / roofline:.0f}% | {r['decode_b8_tok_s']:.1f} | "
+            f"{r['decode_b8_tok_s'] / r['decode_b1_tok_s']:.1f} | {r['peak_gpu_gib']:.1f} |"
+        )
+    (RESULTS / "generate_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
