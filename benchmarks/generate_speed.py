@@ -19,6 +19,7 @@ from transformers import GlmForCausalLM
 
 from wenzhen.generation import ChatEngine, GenerationSettings
 from wenzhen.models.chatglm3 import ChatGLM3Family, glm_config_from_official
+from wenzhen.models.chatglm3_tokenizer import build_chatglm3_tokenizer
 from wenzhen.models.loading import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,8 @@ def main() -> None:
         model = build_model("eager" if variant == "eager" else "sdpa", args.config)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         if variant == "wenzhen":
-            engine = ChatEngine(LoadedModel(model, None, ChatGLM3Family(), ROOT), static_cache=True)  # type: ignore[arg-type]
+            tokenizer = build_chatglm3_tokenizer(args.config.parent / "tokenizer.model")
+            engine = ChatEngine(LoadedModel(model, tokenizer, ChatGLM3Family(), ROOT), static_cache=True)
             engine.stop_ids = []  # random weights: decode a fixed number of tokens
 
             def generate(batch: int, n: int, engine: ChatEngine = engine) -> None:
