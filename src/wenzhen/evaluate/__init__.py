@@ -1,0 +1,10 @@
+"""Evaluation: generation metrics on held-out consultations, medical exam accuracy, safety probes, comparisons.
+
+Library entry points (the CLI in `commands.py` only parses arguments and calls these):
+`compute_generation_metrics(predictions, references)`, `evaluate_generation(...)`, `evaluate_exam(...)`,
+`evaluate_safety(...)`, `compare_runs(...)`.
+"""
+
+from wenzhen.evaluate.metrics import compute_generation_metrics
+
+__all__ = ["compute_generation_metrics"]
