@@ -1,0 +1,228 @@
+"""The fine-tuning config: the official ChatGLM3 `finetune_demo` YAML schema, typed and validated once.
+
+The official `configs/lora.yaml`, `ptuning_v2.yaml` and `sft.yaml` load unchanged. Their `training_args` section
+was written for transformers 4.x (`Seq2SeqTrainingArguments`); keys that transformers has since renamed are
+translated here, with a notice, so an old config keeps working and its owner learns the new name.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from wenzhen.config import StrictModel, load_yaml_config, validate_config
+from wenzhen.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# transformers 4.x name -> transformers 5 name. Applied before validation.
+RENAMED_TRAINING_ARGS: dict[str, str] = {
+    "evaluation_strategy": "eval_strategy",
+    "no_cuda": "use_cpu",
+    # transformers 5 reads a warmup_steps value below 1 as a ratio of the total steps.
+    "warmup_ratio": "warmup_steps",
+}
+
+# `peft_type` values of the official configs and the tuning method each selects.
+PEFT_TYPE_METHODS = {"LORA": "lora", "PREFIX_TUNING": "ptuning_v2"}
+
+
+class DataConfig(StrictModel):
+    """Where the splits are, relative to DATA_DIR (JSON Lines, one conversation a line, even when named .json)."""
+
+    train_file: str = "train.json"
+    val_file: str | None = "dev.json"
+    test_file: str | None = None
+    num_proc: int | None = Field(
+        default=None, ge=1, description="accepted for official configs; encoding runs in the training process"
+    )
+
+
+class GenerationSettings(StrictModel):
+    """`training_args.generation_config`: how dev-set answers are generated when `predict_with_generate` is on."""
+
+    max_new_tokens: int = Field(default=512, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    repetition_penalty: float = Field(default=1.0, gt=0)
+
+
+class TrainingArgs(StrictModel):
+    """The supported subset of `transformers.TrainingArguments`, same names and meanings.
+
+    Defaults are transformers' own except where noted; `output_dir` is relative to the current directory, as in
+    the official demo.
+    """
+
+    output_dir: str = "./output"
+    max_steps: int = -1
+    num_train_epochs: float = Field(default=3.0, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    lr_scheduler_type: str = "linear"
+    warmup_steps: float = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = Field(default=1e-8, gt=0)
+    optim: str = "adamw_torch"
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    per_device_train_batch_size: int = Field(default=8, ge=1)
+    per_device_eval_batch_size: int | None = Field(default=None, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    dataloader_num_workers: int = Field(default=0, ge=0)
+    remove_unused_columns: bool = False
+    save_strategy: Literal["no", "steps", "epoch"] = "steps"
+    save_steps: float = Field(default=500, gt=0)
+    save_total_limit: int | None = Field(default=None, ge=1)
+    log_level: Literal["debug", "info", "warning", "error", "critical", "passive"] = "passive"
+    logging_strategy: Literal["no", "steps", "epoch"] = "steps"
+    logging_steps: float = Field(default=10, gt=0, description="wenzhen default 10 (transformers: 500)")
+    logging_first_step: bool = True
+    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    eval_steps: float | None = Field(default=None, gt=0)
+    max_eval_samples: int | None = Field(
+        default=50, ge=1, description="dev conversations evaluated each time (the official demo uses 50)"
+    )
+    seed: int = 42
+    data_seed: int | None = None
+    bf16: bool | None = Field(default=None, description="None: bf16 where the GPU supports it")
+    fp16: bool | None = None
+    use_cpu: bool = False
+    gradient_checkpointing: bool = False
+    debug: str = ""
+    predict_with_generate: bool = False
+    generation_config: GenerationSettings = Field(default_factory=GenerationSettings)
+    deepspeed: str | dict[str, Any] | None = None
+    fsdp: str = ""
+    fsdp_config: dict[str, Any] | None = None
+    ddp_find_unused_parameters: bool | None = None
+    report_to: str | list[str] = "none"
+
+    @model_validator(mode="before")
+    @classmethod
+    def translate_renamed_keys(cls, data: Any) -> Any:
+        """Rename transformers 4.x keys to their transformers 5 names, with a notice naming both."""
+        if not isinstance(data, dict):
+            return data
+        translated = dict(data)
+        for old, new in RENAMED_TRAINING_ARGS.items():
+            if old not in translated:
+                continue
+            if new in translated:
+                raise ValueError(f"both {old!r} and its new name {new!r} are set; keep only {new!r}")
+            log.warning("notice: training_args.%s is now called %s in transformers 5; translated", old, new)
+            translated[new] = translated.pop(old)
+        return translated
+
+
+class PeftConfig(StrictModel):
+    """`peft_config`: the official PEFT section (`peft_type` LORA or PREFIX_TUNING) mapped onto peft's configs."""
+
+    peft_type: Literal["LORA", "PREFIX_TUNING"]
+    task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
+    # LoRA
+    r: int | None = Field(default=None, ge=1)
+    lora_alpha: float | None = Field(default=None, gt=0)
+    lora_dropout: float | None = Field(default=None, ge=0, lt=1)
+    target_modules: list[str] | str | None = None
+    bias: Literal["none", "all", "lora_only"] | None = None
+    modules_to_save: list[str] | None = None
+    # Prefix tuning (P-Tuning v2)
+    num_virtual_tokens: int | None = Field(default=None, ge=1)
+    prefix_projection: bool | None = None
+    encoder_hidden_size: int | None = Field(default=None, ge=1)
+
+    @field_validator("peft_type", mode="before")
+    @classmethod
+    def upper_case_type(cls, value: Any) -> Any:
+        """peft accepts `lora` as well as `LORA`; so do we."""
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def keys_fit_the_type(self) -> "PeftConfig":
+        """A LoRA key under PREFIX_TUNING (or the reverse) is a mistake, not something to ignore."""
+        own = {
+            "LORA": {"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "modules_to_save"},
+            "PREFIX_TUNING": {"num_virtual_tokens", "prefix_projection", "encoder_hidden_size"},
+        }
+        foreign = sorted(
+            key for key in self.model_fields_set - {"peft_type", "task_type"} if key not in own[self.peft_type]
+        )
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)} do not apply to peft_type {self.peft_type}")
+        return self
+
+
+class QuantizationConfig(StrictModel):
+    """4-bit loading for QLoRA (bitsandbytes)."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+class TrainConfig(StrictModel):
+    """A whole fine-tuning run: the official keys plus wenzhen's own (method, packing, truncation)."""
+
+    data_config: DataConfig = Field(default_factory=DataConfig)
+    max_input_length: int = Field(ge=1)
+    max_output_length: int = Field(ge=1)
+    training_args: TrainingArgs = Field(default_factory=TrainingArgs)
+    peft_config: PeftConfig | None = None
+    method: Literal["lora", "qlora", "ptuning_v2", "prefix", "full"] | None = Field(
+        default=None, description="None: from peft_config.peft_type (none: full fine-tuning)"
+    )
+    packing: bool = Field(default=True, description="padding-free packed training batches")
+    truncation: Literal["keep_eos", "official"] = Field(
+        default="keep_eos", description="keep_eos: a cut sample still ends with eos; official: plain cut"
+    )
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+
+    @property
+    def max_length(self) -> int:
+        """Token budget of one training sample, as the official demo computes it."""
+        return self.max_input_length + self.max_output_length + 1
+
+    @property
+    def method_name(self) -> str:
+        """The tuning method: explicit `method`, else what `peft_config` implies."""
+        if self.method is not None:
+            return "ptuning_v2" if self.method == "prefix" else self.method
+        if self.peft_config is None:
+            return "full"
+        return PEFT_TYPE_METHODS[self.peft_config.peft_type]
+
+    @model_validator(mode="after")
+    def method_fits_peft_config(self) -> "TrainConfig":
+        """`method` and `peft_config` must agree (QLoRA trains a LoRA adapter)."""
+        needs = {"lora": "LORA", "qlora": "LORA", "ptuning_v2": "PREFIX_TUNING", "prefix": "PREFIX_TUNING"}
+        wanted = needs.get(self.method or "")
+        if wanted and self.peft_config is not None and self.peft_config.peft_type != wanted:
+            raise ValueError(f"method {self.method} needs peft_config.peft_type {wanted}")
+        if self.method == "full" and self.peft_config is not None:
+            raise ValueError("method full trains every weight; remove peft_config")
+        return self
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read and validate a training YAML; `overrides` (dotted keys) are applied before validation."""
+    config = load_yaml_config(TrainConfig, path)
+    if not overrides:
+        return config
+    data = config.model_dump(exclude_unset=True)
+    for dotted, value in overrides.items():
+        set_dotted(data, dotted, value)
+    return validate_config(TrainConfig, data, source=f"{path} (with command-line overrides)")
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested dicts, creating the sections on the way."""
+    *sections, key = dotted.split(".")
+    node = data
+    for section in sections:
+        child = node.setdefault(section, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {section} is not a section")
+        node = child
+    node[key] = value

@@ -1,0 +1,196 @@
+"""Tuning methods: how the base model is loaded and which weights train. One registry entry each.
+
+* `lora`: LoRA adapters (peft) on the family's attention projections; for ChatGLM3 on the native Glm model that
+  is q/k/v, the exact split of the official fused `query_key_value`.
+* `ptuning_v2`: prefix tuning (peft `PREFIX_TUNING`), the official `ptuning_v2.yaml`: trained key/value prefixes
+  in every layer.
+* `full`: every weight trains; fp32 master weights (mixed precision on GPU).
+* `qlora`: LoRA on a 4-bit (bitsandbytes NF4) base; needs CUDA and bitsandbytes.
+"""
+
+import importlib.util
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from wenzhen.errors import WenzhenError
+from wenzhen.models import LoadedModel, detect_family, load_model, load_tokenizer
+from wenzhen.models.family import ModelFamily
+from wenzhen.registry import Registry
+from wenzhen.train.config import PeftConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Official ChatGLM3 configs and adapters name the fused projection; the native model splits it in three.
+OFFICIAL_FUSED_QKV = "query_key_value"
+
+
+def peft_dtype(device: torch.device) -> torch.dtype:
+    """Frozen base weights: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+class TuningMethod(ABC):
+    """One way of fine-tuning."""
+
+    name: str = ""
+    trains_adapter: bool = True
+    supports_packing: bool = True
+
+    def check_available(self, device: torch.device) -> None:
+        """Raise a WenzhenError when this machine cannot run the method."""
+
+    def load(self, model_dir: Path, device: torch.device, config: TrainConfig) -> LoadedModel:
+        """The base model, through the one model loader."""
+        return load_model(model_dir, dtype=peft_dtype(device), device=device)
+
+    @abstractmethod
+    def prepare(self, model: PreTrainedModel, config: TrainConfig, family: ModelFamily) -> torch.nn.Module:
+        """Wrap or unfreeze `model` so that exactly the method's weights train."""
+
+
+METHODS: Registry[TuningMethod] = Registry("tuning method")
+
+
+def lora_targets(peft: PeftConfig | None, family: ModelFamily) -> list[str] | str:
+    """The configured target modules, with the official fused name translated to the family's projections."""
+    configured = peft.target_modules if peft is not None else None
+    if configured is None:
+        return list(family.default_lora_targets)
+    if isinstance(configured, str):
+        configured = [configured] if configured != "all-linear" else configured
+    if isinstance(configured, list) and OFFICIAL_FUSED_QKV in configured:
+        log.warning(
+            "notice: target module %s is the official fused projection; training %s, its native equivalent",
+            OFFICIAL_FUSED_QKV,
+            ", ".join(family.default_lora_targets),
+        )
+        configured = [m for m in configured if m != OFFICIAL_FUSED_QKV] + list(family.default_lora_targets)
+    return configured
+
+
+class LoraMethod(TuningMethod):
+    """LoRA adapters; defaults r=8, alpha=32, dropout=0.1 when the config leaves them out."""
+
+    name = "lora"
+
+    def prepare(self, model: PreTrainedModel, config: TrainConfig, family: ModelFamily) -> torch.nn.Module:
+        """peft LoRA on the family's attention projections (or the configured targets)."""
+        from peft import LoraConfig, get_peft_model
+
+        peft = config.peft_config
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=(peft.r if peft and peft.r else 8),
+            lora_alpha=(peft.lora_alpha if peft and peft.lora_alpha else 32),
+            lora_dropout=(peft.lora_dropout if peft and peft.lora_dropout is not None else 0.1),
+            target_modules=lora_targets(peft, family),
+            bias=(peft.bias if peft and peft.bias else "none"),
+            modules_to_save=peft.modules_to_save if peft else None,
+        )
+        try:
+            return get_peft_model(model, lora)
+        except ValueError as exc:
+            raise WenzhenError(
+                f"LoRA cannot be applied ({str(exc).splitlines()[0][:200]}); "
+                "set peft_config.target_modules to module names of this model"
+            ) from None
+
+
+class PrefixTuningMethod(TuningMethod):
+    """P-Tuning v2 as peft prefix tuning; 128 virtual tokens unless configured."""
+
+    name = "ptuning_v2"
+    supports_packing = False
+
+    def prepare(self, model: PreTrainedModel, config: TrainConfig, family: ModelFamily) -> torch.nn.Module:
+        """peft PREFIX_TUNING with the configured number of virtual tokens."""
+        from peft import PrefixTuningConfig, get_peft_model
+
+        peft = config.peft_config
+        prefix = PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=(peft.num_virtual_tokens if peft and peft.num_virtual_tokens else 128),
+            prefix_projection=bool(peft.prefix_projection) if peft else False,
+            encoder_hidden_size=(peft.encoder_hidden_size if peft else None),
+        )
+        return get_peft_model(model, prefix)
+
+
+class FullMethod(TuningMethod):
+    """Every weight trains, from fp32 master weights."""
+
+    name = "full"
+    trains_adapter = False
+
+    def load(self, model_dir: Path, device: torch.device, config: TrainConfig) -> LoadedModel:
+        """fp32 weights: the optimizer must not update bf16 weights directly (updates below bf16 resolution vanish)."""
+        return load_model(model_dir, dtype=torch.float32, device=device)
+
+    def prepare(self, model: PreTrainedModel, config: TrainConfig, family: ModelFamily) -> torch.nn.Module:
+        """Unfreeze everything."""
+        model.requires_grad_(True)
+        return model
+
+
+class QLoraMethod(LoraMethod):
+    """LoRA on a 4-bit NF4 base (bitsandbytes)."""
+
+    name = "qlora"
+
+    def check_available(self, device: torch.device) -> None:
+        """QLoRA needs a CUDA GPU and bitsandbytes."""
+        if device.type != "cuda":
+            raise WenzhenError("QLoRA needs a CUDA GPU (4-bit weights run through bitsandbytes); use method lora")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise WenzhenError("QLoRA needs bitsandbytes: `pip install bitsandbytes`, or use method lora")
+
+    def load(self, model_dir: Path, device: torch.device, config: TrainConfig) -> LoadedModel:
+        """Quantise while loading; the official ChatGLM3 layout must be converted to the native one first."""
+        from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        family = detect_family(model_dir)
+        if not (model_dir / "model.safetensors").exists() and not any(model_dir.glob("model-*.safetensors")):
+            raise WenzhenError(
+                f"QLoRA loads native safetensors checkpoints; run `wenzhen convert {model_dir} CONVERTED_DIR` "
+                "and train on CONVERTED_DIR"
+            )
+        compute = peft_dtype(device)
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=config.quantization.quant_type,
+            bnb_4bit_use_double_quant=config.quantization.double_quant,
+            bnb_4bit_compute_dtype=compute,
+        )
+        # The one loader has no quantised path; transformers' own loader is the only one that quantises on load.
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, quantization_config=quantization, dtype=compute, device_map={"": device}
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return LoadedModel(model=model, tokenizer=load_tokenizer(model_dir), family=family, path=model_dir)
+
+
+for _method in (LoraMethod(), PrefixTuningMethod(), FullMethod(), QLoraMethod()):
+    METHODS.add(_method.name, _method)
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Turn activation checkpointing on and prove it is on (some remote-code models ignore the call)."""
+    # Non-reentrant checkpointing needs no `enable_input_require_grads` hack for frozen embeddings.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
+        raise WenzhenError(
+            f"{type(model).__name__} ignored gradient checkpointing; set training_args.gradient_checkpointing: false"
+        )

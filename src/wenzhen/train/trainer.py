@@ -1,0 +1,415 @@
+"""`train(data_dir, model_dir, config, resume)`: fine-tune a chat model from a typed config.
+
+Built on `transformers.Trainer`, which already restores model, optimizer, scheduler, RNG and data position on
+resume and runs unchanged under torchrun / accelerate (DDP, FSDP, DeepSpeed). wenzhen adds what it lacks:
+atomic checkpoints, a stop on the first non-finite loss or gradient, padding-free packing, the official ChatGLM3
+encoding, and the files a person reads (progress bar, metrics.jsonl, TensorBoard, curve PNG, summary).
+
+A run folder (`training_args.output_dir`) ends up with:
+`run.json` (base model, chat format, resolved config), `checkpoint-N/` (adapter-only for PEFT methods),
+`final/` (the adapter, or the full model for `full`), `metrics.jsonl`, `tensorboard/`, `training_curve.png`,
+`summary.json`, `encoding.json` (kept / truncated / skipped samples and why).
+"""
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import rotate_checkpoints
+
+from wenzhen.errors import WenzhenError
+from wenzhen.io import read_jsonl, write_json
+from wenzhen.runinfo import RunInfo, write_run_info
+from wenzhen.train.callbacks import (
+    CURVE_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    MetricsLog,
+    ProgressBar,
+    format_summary,
+    peak_memory_bytes,
+    plot_curve,
+    read_metrics,
+)
+from wenzhen.train.checkpoints import STAGING, complete_checkpoints, publish, resolve_resume
+from wenzhen.train.config import TrainConfig
+from wenzhen.train.encoding import EncodedSample, EncodingReport, encode_rows
+from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing
+from wenzhen.train.packing import SampleDataset, make_collator
+
+log = logging.getLogger(__name__)
+FINAL = "final"
+ENCODING_FILE = "encoding.json"
+
+
+class NonFiniteError(WenzhenError):
+    """The loss or gradient became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run left its outputs, and its summary."""
+
+    output_dir: Path
+    final_dir: Path
+    summary: dict[str, Any]
+
+
+class WenzhenTrainer(Trainer):
+    """`Trainer` with atomic checkpoints and a stop on non-finite values."""
+
+    _staging = False
+
+    def _get_output_dir(self, trial: Any) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING) if self._staging else run_dir
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Write `checkpoint-N` under `.staging/`, then rename it into place once every process has finished."""
+        run_dir = Path(super()._get_output_dir(trial))
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            name = f"checkpoint-{self.state.global_step}"
+            publish(run_dir / STAGING / name, run_dir / name)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            self._stop_non_finite(f"the loss is {loss.item()}")
+        return loss
+
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        # fp16 loss scaling produces infinite gradients on purpose and skips those steps; bf16/fp32 never should.
+        if grad_norm is not None and not self.args.fp16 and not math.isfinite(float(grad_norm)):
+            self._stop_non_finite(f"the gradient norm is {float(grad_norm)}")
+        return grad_norm
+
+    def _stop_non_finite(self, what: str) -> None:
+        step = self.state.global_step + 1
+        checkpoints = complete_checkpoints(Path(self.args.output_dir))
+        last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was saved yet"
+        raise NonFiniteError(
+            f"training stopped at step {step}: {what}; {last}. Lower learning_rate (or use bf16/fp32 instead of "
+            "fp16), then resume from that checkpoint or start over"
+        )
+
+
+def training_device(config: TrainConfig) -> torch.device:
+    """This process's device: its own GPU under torchrun / accelerate, else the first GPU, else the CPU."""
+    if config.training_args.use_cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def choose_precision(config: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """(bf16, fp16): bf16 where the GPU supports it, fp16 only on GPUs without bf16, fp32 on CPU."""
+    args = config.training_args
+    if device.type != "cuda":
+        if args.bf16 or args.fp16:
+            log.warning("notice: training on CPU runs in fp32; bf16/fp16 in training_args are ignored")
+        return False, False
+    bf16_ok = torch.cuda.is_bf16_supported()
+    if args.fp16 and bf16_ok:
+        log.warning("notice: fp16 loses loss precision (loss 0 / NaN); this GPU supports bf16, which is used instead")
+        return True, False
+    if args.bf16 and not bf16_ok:
+        raise WenzhenError("this GPU has no bf16 support; set training_args.fp16: true instead of bf16")
+    if args.bf16 is False and not args.fp16:
+        return False, False
+    return bf16_ok, not bf16_ok
+
+
+def resolve_deepspeed(config: TrainConfig, config_dir: Path | None) -> str | dict[str, Any] | None:
+    """The DeepSpeed config (a path relative to the YAML file's folder, or inline); needs deepspeed installed."""
+    deepspeed = config.training_args.deepspeed
+    if deepspeed is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise WenzhenError(
+            "training_args.deepspeed is set but deepspeed is not installed; `pip install deepspeed` "
+            "or remove the key (FSDP and DDP need no extra package)"
+        )
+    if isinstance(deepspeed, dict):
+        return deepspeed
+    path = Path(deepspeed)
+    if not path.is_absolute() and config_dir is not None and (config_dir / path).is_file():
+        path = config_dir / path
+    if not path.is_file():
+        raise WenzhenError(f"DeepSpeed config {deepspeed} not found; give its path relative to the YAML file")
+    return str(path)
+
+
+def read_split(data_dir: Path, name: str | None, split: str, required: bool) -> list[Any] | None:
+    """Rows of one split file, None when it is optional and absent."""
+    if name is None:
+        return None
+    path = data_dir / name
+    if not path.is_file():
+        if required:
+            raise WenzhenError(f"{path} does not exist; DATA_DIR must hold the {split} file named in data_config")
+        log.warning("notice: no %s file %s; training without evaluation", split, path)
+        return None
+    return read_jsonl(path)
+
+
+def build_training_arguments(
+    config: TrainConfig, output_dir: Path, device: torch.device, has_dev: bool, config_dir: Path | None
+) -> TrainingArguments:
+    """The typed `training_args` onto `transformers.TrainingArguments`."""
+    args = config.training_args
+    bf16, fp16 = choose_precision(config, device)
+    eval_strategy = args.eval_strategy if has_dev else "no"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=args.max_steps,
+        num_train_epochs=args.num_train_epochs,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_epsilon=args.adam_epsilon,
+        optim=args.optim,
+        max_grad_norm=args.max_grad_norm,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size or args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dataloader_num_workers=args.dataloader_num_workers,
+        remove_unused_columns=args.remove_unused_columns,
+        save_strategy=args.save_strategy,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        log_level=args.log_level,
+        logging_strategy=args.logging_strategy,
+        logging_steps=args.logging_steps,
+        logging_first_step=args.logging_first_step,
+        eval_strategy=eval_strategy,
+        eval_steps=args.eval_steps,
+        seed=args.seed,
+        data_seed=args.data_seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=device.type == "cpu",
+        debug=args.debug,
+        deepspeed=resolve_deepspeed(config, config_dir),
+        fsdp=args.fsdp,
+        fsdp_config=args.fsdp_config,
+        ddp_find_unused_parameters=args.ddp_find_unused_parameters,
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+    )
+
+
+def encode_splits(
+    data_dir: Path, config: TrainConfig, loaded: Any
+) -> tuple[list[EncodedSample], list[EncodedSample], dict[str, EncodingReport]]:
+    """Encode train (required) and dev (optional) with the family's chat format."""
+    data = config.data_config
+    train_rows = read_split(data_dir, data.train_file, "train", required=True) or []
+    dev_rows = read_split(data_dir, data.val_file, "dev", required=False)
+    reports = {}
+    train_samples, reports["train"] = encode_rows(
+        train_rows, loaded.family, loaded.tokenizer, config.max_length, config.truncation, source=data.train_file
+    )
+    if not train_samples:
+        problems = "; ".join(reports["train"].problems[:3])
+        raise WenzhenError(f"no usable training conversation in {data_dir / data.train_file} ({problems})")
+    dev_samples: list[EncodedSample] = []
+    if dev_rows:
+        dev_samples, reports["dev"] = encode_rows(
+            dev_rows, loaded.family, loaded.tokenizer, config.max_length, config.truncation, source=str(data.val_file)
+        )
+        limit = config.training_args.max_eval_samples
+        dev_samples = dev_samples[:limit] if limit else dev_samples
+    for split, report in reports.items():
+        if report.skipped_invalid or report.skipped_no_labels:
+            log.warning(
+                "%s: skipped %d invalid and %d answer-less conversations (see %s)",
+                split,
+                report.skipped_invalid,
+                report.skipped_no_labels,
+                ENCODING_FILE,
+            )
+    return train_samples, dev_samples, reports
+
+
+def prepare_model(loaded: Any, config: TrainConfig) -> torch.nn.Module:
+    """Apply the tuning method to the loaded base model."""
+    model: PreTrainedModel = loaded.model
+    model.config.use_cache = False  # a KV cache in training would also switch off packed-sequence masking
+    if config.training_args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    # Adapter initialisation draws random numbers: seed first so reruns and resumed runs start identically.
+    set_seed(config.training_args.seed)
+    prepared = METHODS.get(config.method_name).prepare(model, config, loaded.family)
+    prepared.train()
+    return prepared
+
+
+def save_final(trainer: WenzhenTrainer, output_dir: Path) -> Path:
+    """Save the adapter (or the full model) and tokenizer into `final/`, atomically."""
+    final = output_dir / FINAL
+    staged = output_dir / STAGING / FINAL
+    trainer.save_model(str(staged))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        publish(staged, final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def summarise(
+    trainer: WenzhenTrainer,
+    config: TrainConfig,
+    output_dir: Path,
+    final: Path,
+    device: torch.device,
+    seconds: float,
+    reports: dict[str, EncodingReport],
+    packed: bool,
+) -> dict[str, Any]:
+    """summary.json's content, from the trainer state and metrics.jsonl."""
+    rows = read_metrics(output_dir / METRICS_FILE)
+    losses = [row["loss"] for row in rows if "loss" in row]
+    evals = [row["eval_loss"] for row in rows if "eval_loss" in row]
+    trainable, total = count_parameters(trainer.model)
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    return {
+        "method": config.method_name,
+        "steps": trainer.state.global_step,
+        "train_samples": reports["train"].kept,
+        "tokens": tokens,
+        "train_seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else 0.0,
+        "first_loss": round(losses[0], 6) if losses else None,
+        "final_loss": round(losses[-1], 6) if losses else None,
+        "final_eval_loss": round(evals[-1], 6) if evals else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_kind": "GPU allocated" if device.type == "cuda" else "process RSS",
+        "device": str(device),
+        "world_size": trainer.args.world_size,
+        "packing": packed,
+        "final_dir": str(final),
+    }
+
+
+def train(
+    data_dir: str | Path,
+    model_dir: str | Path,
+    config: TrainConfig,
+    resume: str | None = None,
+    *,
+    config_dir: Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainResult:
+    """Fine-tune `model_dir` on the conversations in `data_dir` as `config` says; return where it all went.
+
+    `resume` is the official AUTO_RESUME argument: `yes` (newest checkpoint), a step number, a checkpoint path,
+    or None/`no` to start over. `callbacks` are extra `TrainerCallback`s (tests use them to interrupt a run).
+    """
+    data_dir, model_dir = Path(data_dir), Path(model_dir)
+    method = METHODS.get(config.method_name)
+    device = training_device(config)
+    method.check_available(device)
+    output_dir = Path(config.training_args.output_dir)
+    resume_from = resolve_resume(output_dir, resume)
+    if resume and resume.strip().lower() == "yes" and resume_from is None:
+        log.warning("notice: AUTO_RESUME yes but %s has no checkpoint yet; starting from the beginning", output_dir)
+
+    loaded = method.load(model_dir, device, config)
+    train_samples, dev_samples, reports = encode_splits(data_dir, config, loaded)
+    model = prepare_model(loaded, config)
+    packed = config.packing and method.supports_packing
+    if config.packing and not packed:
+        log.warning("notice: %s feeds its prefix through the KV cache; training on padded batches", method.name)
+    if config.training_args.predict_with_generate:
+        log.warning(
+            "notice: generation metrics are computed by `wenzhen eval gen` on a saved checkpoint; "
+            "training evaluates the dev loss"
+        )
+    args = build_training_arguments(config, output_dir, device, bool(dev_samples), config_dir)
+    trainer = WenzhenTrainer(
+        model=model,
+        args=args,
+        train_dataset=SampleDataset(train_samples),
+        eval_dataset=SampleDataset(dev_samples) if dev_samples else None,
+        data_collator=make_collator(packed, loaded.tokenizer),
+        processing_class=loaded.tokenizer,
+        callbacks=[ProgressBar(), MetricsLog(output_dir), *callbacks],
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if args.should_save:
+        prepare_output_dir(output_dir, config, model_dir, loaded.family.name, reports, data_dir)
+        from torch.utils.tensorboard import SummaryWriter
+
+        trainer.add_callback(TensorBoardCallback(tb_writer=SummaryWriter(str(output_dir / "tensorboard"))))
+
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.monotonic() - started
+    final = save_final(trainer, output_dir)
+    summary = summarise(trainer, config, output_dir, final, device, seconds, reports, packed)
+    if args.should_save:
+        write_json(output_dir / SUMMARY_FILE, summary)
+        plot_curve(read_metrics(output_dir / METRICS_FILE), output_dir / CURVE_FILE)
+        shutil.rmtree(output_dir / STAGING, ignore_errors=True)
+        log.info("%s", format_summary(summary))
+    return TrainResult(output_dir=output_dir, final_dir=final, summary=summary)
+
+
+def prepare_output_dir(
+    output_dir: Path,
+    config: TrainConfig,
+    model_dir: Path,
+    chat_format: str,
+    reports: dict[str, EncodingReport],
+    data_dir: Path,
+) -> None:
+    """Create the run folder, drop what a crash mid-save left in staging, record run.json and encoding.json."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(output_dir / STAGING, ignore_errors=True)
+    write_run_info(
+        output_dir,
+        RunInfo(
+            stage="train",
+            base_model=str(model_dir.resolve()),
+            chat_format=chat_format,
+            config=config.model_dump(mode="json"),
+            extra={"method": config.method_name, "data_dir": str(data_dir.resolve())},
+        ),
+    )
+    write_json(output_dir / ENCODING_FILE, {split: report.as_dict() for split, report in reports.items()})
+
+
