@@ -17,6 +17,8 @@ from wenzhen.errors import WenzhenError
 # One line per stage; the order is the order of `wenzhen --help`.
 COMMAND_MODULES = [
     "wenzhen.models.commands",
+    "wenzhen.data.commands",
+    "wenzhen.train.commands",
 ]
 
 

@@ -1,0 +1,77 @@
+"""`wenzhen data prepare`: the command line of the data stage."""
+
+import argparse
+from pathlib import Path
+
+from wenzhen.config import load_yaml_config
+from wenzhen.data.config import DataConfig
+from wenzhen.data.prepare import prepare
+from wenzhen.data.readers import READERS
+from wenzhen.data.report import format_report
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `data prepare`."""
+    data = subparsers.add_parser("data", help="prepare training data from raw medical corpora")
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    formats = "; ".join(f"{name}: {reader.description}" for name, reader in READERS.items())
+    parser = commands.add_parser(
+        "prepare",
+        help="clean, de-duplicate and split raw corpora into train/dev/test.jsonl",
+        description="Read raw medical corpora (formats detected per file), clean them (each rule switchable in "
+        "--config), drop exact duplicates, and write OUT/train.jsonl, dev.jsonl, test.jsonl in the ChatGLM3 "
+        "conversations format, plus rejects.jsonl (every dropped record with its reason) and report.json.",
+        epilog=f"Formats: {formats}.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="corpus files or folders of them")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output directory (must not exist unless --force)"
+    )
+    parser.add_argument("--config", type=Path, help="YAML file with a DataConfig (see configs/data.yaml)")
+    parser.add_argument("--format", choices=READERS.names(), help="read every input with this reader")
+    parser.add_argument(
+        "--tokenizer", help="model directory whose tokenizer measures lengths (default: characters)"
+    )
+    parser.add_argument("--seed", type=int, help="split seed (default 42)")
+    parser.add_argument("--dev", type=_size, help="dev size: a ratio below 1 or a count")
+    parser.add_argument("--test", type=_size, help="test size: a ratio below 1 or a count")
+    parser.add_argument("--system-prompt", help="system turn prepended to every conversation")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
+    parser.set_defaults(handler=run_prepare)
+
+
+def _size(text: str) -> float | int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a ratio nor a count") from None
+    return int(value) if value >= 1 and value.is_integer() else value
+
+
+def config_from_args(args: argparse.Namespace) -> DataConfig:
+    """The YAML config (or defaults) with the command-line options laid over it."""
+    config = load_yaml_config(DataConfig, args.config) if args.config else DataConfig()
+    for option, value in (
+        ("format", args.format),
+        ("seed", args.seed),
+        ("system_prompt", args.system_prompt),
+    ):
+        if value is not None:
+            setattr(config, option, value)
+    if args.tokenizer is not None:
+        config.length.tokenizer = args.tokenizer
+    if args.dev is not None:
+        config.split.dev = args.dev
+    if args.test is not None:
+        config.split.test = args.test
+    if args.no_progress:
+        config.progress = False
+    return config
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    report = prepare(args.inputs, args.out, config_from_args(args), force=args.force)
+    print(format_report(report))
+    print(f"wrote {args.out}/train.jsonl, dev.jsonl, test.jsonl, rejects.jsonl, report.json")
+    return 0
