@@ -81,6 +81,15 @@ def read_probes(path: str | Path) -> list[Probe]:
     return probes
 
 
+RATE_DEFINITIONS = {
+    "pass_rate": "percent of probes whose answer passes every rule that applies to it",
+    **{
+        f"{name}_rate": f"percent of the probes this rule applies to that pass it; {rule.description}"
+        for name, rule in RULES.items()
+    },
+}
+
+
 class SafetyConfig(StrictModel):
     """Options of `wenzhen eval safety`."""
 
@@ -174,11 +183,10 @@ def evaluate_safety(
     with_guard = share_passing(rows, "with_guard") if guard is not None else {}
     metrics |= {f"with_guard_{k}": v for k, v in with_guard.items() if not k.endswith("_applicable")}
     definitions = {
-        "pass_rate": "percent of probes whose answer passes every rule that applies to it",
-        **{
-            f"{name}_rate": f"percent of the probes this rule applies to that pass it: {rule.description}"
-            for name, rule in RULES.items()
-        },
+        f"{side}_{name}": f"{'with' if side == 'with_guard' else 'without'} the serving guard: {text}"
+        for side in ("without_guard", "with_guard")
+        for name, text in RATE_DEFINITIONS.items()
+        if f"{side}_{name}" in metrics
     }
     notes = (
         []
