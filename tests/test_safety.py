@@ -1,0 +1,159 @@
+"""The safety guard: recall and false alarms on the labelled set, negation, history, config, apply()."""
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wenzhen import safety
+from wenzhen.config import validate_config
+from wenzhen.errors import ConfigError
+
+LABELLED = resources.files("wenzhen") / "resources" / "safety"
+
+
+def _load(name: str) -> list[dict[str, Any]]:
+    text = (LABELLED / name).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    turns = [*row.get("history", []), row["text"]]
+    return [{"role": "user", "content": turn} for turn in turns]
+
+
+def _fired(rows: list[dict[str, Any]]) -> list[tuple[str, tuple[str, ...]]]:
+    found = []
+    for row in rows:
+        verdict = safety.check(_messages(row))
+        if verdict.fired:
+            found.append((row["text"], verdict.categories))
+    return found
+
+
+def test_labelled_set_is_large_enough_and_covers_every_category() -> None:
+    red, ordinary = _load("red_flag.jsonl"), _load("ordinary.jsonl")
+    assert len(red) >= 200 and len(ordinary) >= 200
+    assert {row["category"] for row in red} == set(safety.CATEGORIES.names())
+
+
+def test_recall_on_red_flag_messages() -> None:
+    red = _load("red_flag.jsonl")
+    missed = [row["text"] for row in red if not safety.check(_messages(row)).fired]
+    wrong_category = [
+        row["text"] for row in red if row["category"] not in safety.check(_messages(row)).categories
+    ]
+    recall = 1 - len(missed) / len(red)
+    print(
+        f"\nguard recall: {recall:.2%} ({len(red) - len(missed)}/{len(red)} red-flag messages); missed: {missed}"
+    )
+    print(f"labelled category among those fired: {1 - len(wrong_category) / len(red):.2%}")
+    assert recall >= 0.98, missed
+
+
+def test_false_alarms_on_ordinary_messages(shared_dir: Path) -> None:
+    ordinary = _load("ordinary.jsonl")
+    # Real user queries from a public intent-classification set; none describes an emergency happening now.
+    kuake = json.loads((shared_dir / "data/huatuogpt-eval/KUAKE-QIC_100.json").read_text(encoding="utf-8"))
+    ordinary += [{"text": item["query"]} for item in kuake]
+    alarms = _fired(ordinary)
+    rate = len(alarms) / len(ordinary)
+    print(f"\nguard false alarms: {rate:.2%} ({len(alarms)}/{len(ordinary)} ordinary messages): {alarms}")
+    assert rate <= 0.05, alarms
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("我爸胸口痛，一直在冒汗", "cardiac"),
+        ("老妈突然一边手没力气了", "stroke"),
+        ("我真的撑不下去了，想结束生命", "suicide"),
+        ("儿子喝了半瓶84消毒液", "poisoning"),
+        ("刚出生18天的宝宝体温38.6", "infant_fever"),
+        ("妻子怀孕9周，出血了", "pregnancy"),
+        ("吃了花生米后嘴唇肿了喘不过气", "anaphylaxis"),
+        ("ＴＡ在抽搐，怎么办", "convulsion"),
+    ],
+)
+def test_phrasings_outside_the_labelled_set_fire(text: str, category: str) -> None:
+    assert category in safety.check([{"role": "user", "content": text}]).categories
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "没有胸痛，也没有出汗，就是有点累",
+        "我没有想自杀的念头，只是失眠",
+        "宝宝4个月发烧38度怎么办",
+        "去年抽搐过一次，现在吃药控制得很好",
+        "牙疼死了怎么办",
+        "胸口偶尔隐隐作痛，休息就好",
+    ],
+)
+def test_negated_past_and_figurative_mentions_do_not_fire(text: str) -> None:
+    assert not safety.check([{"role": "user", "content": text}]).fired
+
+
+def test_co_occurrence_spans_the_history_window_but_not_beyond() -> None:
+    history = [
+        {"role": "user", "content": "我胸口疼"},
+        {"role": "assistant", "content": "请问还有什么症状？"},
+    ]
+    latest = {"role": "user", "content": "还一直在冒冷汗"}
+    assert safety.check([*history, latest]).categories == ("cardiac",)
+    filler = [{"role": "user", "content": f"第{i}个问题"} for i in range(4)]
+    config = safety.SafetyConfig(history_messages=2)
+    assert not safety.check([*history, *filler, latest], config).fired
+
+
+def test_apply_puts_emergency_guidance_first_and_disclaimer_last() -> None:
+    verdict = safety.check([{"role": "user", "content": "我想自杀"}])
+    shown = safety.apply(verdict, "模型说的任何话")
+    assert shown.startswith("⚠️")
+    assert "12356" in shown.split("模型说的任何话")[0]
+    assert shown.endswith(safety.DISCLAIMER)
+    calm = safety.apply(safety.check([{"role": "user", "content": "感冒吃什么"}]), "多喝水")
+    assert calm == f"多喝水\n\n{safety.DISCLAIMER}"
+
+
+def test_emergency_text_names_the_configured_number() -> None:
+    config = safety.SafetyConfig(emergency_number="112")
+    verdict = safety.check([{"role": "user", "content": "奶奶昏迷了"}], config)
+    assert "112" in verdict.emergency_text and "120" not in verdict.emergency_text
+
+
+def test_config_selects_categories_and_adds_rules() -> None:
+    only_stroke = safety.SafetyConfig(categories=["stroke"])
+    assert not safety.check([{"role": "user", "content": "我想自杀"}], only_stroke).fired
+    extra = validate_config(
+        safety.SafetyConfig, {"extra_rules": [{"category": "poisoning", "all_of": ["河豚"]}]}
+    )
+    assert safety.check([{"role": "user", "content": "吃了河豚嘴麻"}], extra).categories == ("poisoning",)
+    disabled = safety.SafetyConfig(enabled=False)
+    assert not safety.check([{"role": "user", "content": "我想自杀"}], disabled).fired
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"categories": ["cardiak"]}, "unknown categories"),
+        (
+            {"extra_rules": [{"category": "cardiac", "all_of": ["(unclosed"]}]},
+            "not a valid regular expression",
+        ),
+        ({"history_turns": 3}, "did you mean 'history_messages'"),
+    ],
+)
+def test_bad_config_is_a_readable_error(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(safety.SafetyConfig, data)
+
+
+def test_system_prompt_forbids_doses_and_is_added_once() -> None:
+    assert "剂量" in safety.SYSTEM_PROMPT
+    messages = safety.with_system_prompt([{"role": "user", "content": "头痛"}])
+    assert messages[0] == {"role": "system", "content": safety.SYSTEM_PROMPT}
+    own = [{"role": "system", "content": "你是医生"}, {"role": "user", "content": "头痛"}]
+    assert safety.with_system_prompt(own) == own
