@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "wenzhen.models.commands",
     "wenzhen.data.commands",
     "wenzhen.train.commands",
+    "wenzhen.evaluate.commands",
 ]
 
 

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from wenzhen.errors import WenzhenError
-from wenzhen.evaluate.report import EvalReport, markdown_table, output_directory, read_report, write_bar_chart
+from wenzhen.evaluate.report import (
+    EvalReport,
+    check_output,
+    markdown_table,
+    output_directory,
+    read_report,
+    write_bar_chart,
+)
 from wenzhen.io import write_json, write_text
 
 COMPARISON_JSON = "comparison.json"
@@ -117,6 +124,7 @@ def compare_runs(
     """Read the runs' reports and write the side-by-side comparison into `out_dir`."""
     if not run_dirs:
         raise WenzhenError("no run given; pass the --out folders of two or more `wenzhen eval` runs")
+    check_output(out_dir, force)
     reports = [read_report(run) for run in run_dirs]
     labels = [report.label for report in reports]
     for kind in {r.kind for r in reports}:

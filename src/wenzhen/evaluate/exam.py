@@ -27,6 +27,7 @@ from wenzhen.evaluate.loading import ModelOptions, adapter_path, describe_device
 from wenzhen.evaluate.report import (
     DataInfo,
     EvalReport,
+    check_output,
     file_sha256,
     markdown_table,
     output_directory,
@@ -342,6 +343,7 @@ def evaluate_exam(
 ) -> EvalReport:
     """Run the exam, write `report.json`, `report.md` and `answers.jsonl` into `out_dir`, return the report."""
     config = config or ExamConfig()
+    check_output(out_dir, force)
     layout, subjects = load_exam(data_dir, config.subjects)
     engine = open_engine(engine_or_model_path, config.model)
     scorer = scorer or ModelLetterScorer(engine, config.batch_size)

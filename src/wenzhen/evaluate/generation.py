@@ -25,6 +25,7 @@ from wenzhen.evaluate.metrics import (
 from wenzhen.evaluate.report import (
     DataInfo,
     EvalReport,
+    check_output,
     file_sha256,
     markdown_table,
     output_directory,
@@ -114,6 +115,7 @@ def evaluate_generation(
 ) -> EvalReport:
     """Generate answers for (a subset of) the eval file, score them, write report + predictions into `out_dir`."""
     config = config or GenEvalConfig()
+    check_output(out_dir, force)
     metrics = resolve_metrics(config.metrics)
     names = [metric.name for metric in metrics]
     available = load_samples(data_path)

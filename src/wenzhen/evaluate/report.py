@@ -71,6 +71,14 @@ def output_directory(out_dir: str | Path, force: bool) -> AbstractContextManager
     return atomic_directory(out_dir, force=force)
 
 
+def check_output(out_dir: str | Path, force: bool) -> None:
+    """Refuse an existing output folder before any work is done (the final rename would refuse it anyway)."""
+    if Path(out_dir).exists() and not force:
+        raise WenzhenError(
+            f"{out_dir} already exists; choose another --out folder or pass --force to replace it"
+        )
+
+
 def write_report(folder: Path, report: EvalReport, markdown: str) -> EvalReport:
     """Write `report.json` and `report.md` into `folder`, stamping the time; return the stamped report."""
     if not report.created:

@@ -24,6 +24,7 @@ from wenzhen.evaluate.loading import ModelOptions, adapter_path, describe_device
 from wenzhen.evaluate.report import (
     DataInfo,
     EvalReport,
+    check_output,
     file_sha256,
     markdown_table,
     output_directory,
@@ -154,6 +155,7 @@ def evaluate_safety(
 ) -> EvalReport:
     """Answer the probes, judge each answer by rule without and with the guard, write the report and answers."""
     config = config or SafetyConfig()
+    check_output(out_dir, force)
     if not probe_files:
         raise WenzhenError("no probe file given; pass --probes FILE (e.g. " + DEFAULT_PROBES + ")")
     available = [probe for file in probe_files for probe in read_probes(file)]
