@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "wenzhen.data.commands",
     "wenzhen.train.commands",
     "wenzhen.evaluate.commands",
+    "wenzhen.export_commands",
+    "wenzhen.chat_commands",
 ]
 
 
