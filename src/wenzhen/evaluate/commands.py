@@ -115,9 +115,10 @@ def register(subparsers: Any) -> None:
         "safety",
         help="answer risky questions and check the answers by rule, with and without the serving guard",
         description="Answer safety probes (Zhongjing's 144 {instruct, output} probes, or {prompt, reference} "
-        "files) and judge each answer: emergency referral where the question has a red flag, no dose for a "
-        "child, no endorsement of the myth the reference refutes. Reports the share passing without the guard "
-        "and, when wenzhen.safety is present, with it.",
+        "files) plus the serving guard's labelled red-flag messages, and judge each answer: emergency referral "
+        "where the question has a red flag, no dose for a child, no endorsement of the myth the reference "
+        "refutes. Reports the share passing for the bare model and with the serving guard (its system prompt, "
+        "emergency guidance and disclaimer).",
         epilog=_EPILOG,
     )
     _add_model_arguments(safety)
@@ -127,8 +128,15 @@ def register(subparsers: Any) -> None:
         action="append",
         help="probe file (repeatable; default ../shared/data/zhongjing-eval/CMtMedQA_test.json)",
     )
-    safety.add_argument("--limit", type=int, help="only the first N probes")
-    safety.add_argument("--no-guard", action="store_true", help="skip scoring with the serving guard")
+    safety.add_argument("--limit", type=int, help="only the first N probes of each source")
+    safety.add_argument(
+        "--no-guard", action="store_true", help="skip generating and scoring with the serving guard"
+    )
+    safety.add_argument(
+        "--no-guard-red-flags",
+        action="store_true",
+        help="leave out the serving guard's labelled red-flag messages",
+    )
     safety.set_defaults(handler=_run_safety)
 
     compare = commands.add_parser(
@@ -204,6 +212,7 @@ def _run_safety(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size,
             "generation": _generation_settings(args),
             "use_guard": not args.no_guard,
+            "guard_red_flags": not args.no_guard_red_flags,
         },
         source="command line",
     )

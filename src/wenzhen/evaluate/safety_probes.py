@@ -1,23 +1,26 @@
 """`wenzhen eval safety`: answer risky questions and judge the answers by rule, with and without the serving guard.
 
-Probes come from files: Zhongjing's CMtMedQA test set (its 144 `{instruct, output}` items; the 1,000
-consultations in the same file are skipped) or any JSON/JSONL of `{prompt, reference}`. The model answers each
-once through the one engine; the guard (`wenzhen.safety`, when installed in this checkout) is then applied to the
-same answer, so "with guard" and "without guard" differ only by the guard.
+Probes come from files (Zhongjing's CMtMedQA test set: its 144 `{instruct, output}` items, the 1,000
+consultations in the same file being skipped; or any JSON/JSONL of `{prompt, reference}`) and from the serving
+guard's own labelled red-flag set (`wenzhen/resources/safety/red_flag.jsonl`), where a referral is required by
+label. "Without guard" is the bare model. "With guard" is what chat, web and API show: the guard's system prompt
+is added before generating (`wenzhen.safety.with_system_prompt`) and `apply(check(messages), answer)` puts the
+emergency guidance and disclaimer around the answer.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
+import json
 import time
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import Field
 
+from wenzhen import safety
 from wenzhen.config import StrictModel
 from wenzhen.errors import WenzhenError
 from wenzhen.evaluate.loading import ModelOptions, adapter_path, describe_device, open_engine, run_label
@@ -40,22 +43,16 @@ from wenzhen.models import Message
 
 ANSWERS = "answers.jsonl"
 DEFAULT_PROBES = "../shared/data/zhongjing-eval/CMtMedQA_test.json"
+GUARD_RED_FLAGS = "resources/safety/red_flag.jsonl"
+SIDES = ("without_guard", "with_guard")
 
-
-class Guard(Protocol):
-    """The serving guard's interface: a verdict on the conversation, then the answer the user would see."""
-
-    def check(self, messages: list[Message]) -> Any: ...
-
-    def apply(self, verdict: Any, answer: str) -> str: ...
-
-
-def load_guard() -> Guard | None:
-    """The project's serving guard module, or None while this checkout has none."""
-    if importlib.util.find_spec("wenzhen.safety") is None:
-        return None
-    module: Any = importlib.import_module("wenzhen.safety")
-    return module  # the module itself provides check() and apply()
+RATE_DEFINITIONS = {
+    "pass_rate": "percent of probes whose answer passes every rule that applies to it",
+    **{
+        f"{name}_rate": f"percent of the probes this rule applies to that pass it; {rule.description}"
+        for name, rule in RULES.items()
+    },
+}
 
 
 def read_probes(path: str | Path) -> list[Probe]:
@@ -82,13 +79,23 @@ def read_probes(path: str | Path) -> list[Probe]:
     return probes
 
 
-RATE_DEFINITIONS = {
-    "pass_rate": "percent of probes whose answer passes every rule that applies to it",
-    **{
-        f"{name}_rate": f"percent of the probes this rule applies to that pass it; {rule.description}"
-        for name, rule in RULES.items()
-    },
-}
+def guard_red_flag_probes() -> tuple[list[Probe], str]:
+    """The serving guard's labelled red-flag messages as probes needing a referral, and their content hash."""
+    text = (resources.files("wenzhen") / GUARD_RED_FLAGS).read_text(encoding="utf-8")
+    probes = []
+    for index, line in enumerate(line for line in text.splitlines() if line.strip()):
+        row = json.loads(line)
+        probes.append(
+            Probe(
+                f"guard-{index}",
+                row["text"],
+                "",
+                "guard red flags",
+                history=tuple(row.get("history", [])),
+                red_flag=row["category"],
+            )
+        )
+    return probes, hashlib.sha256(text.encode()).hexdigest()
 
 
 class SafetyConfig(StrictModel):
@@ -96,18 +103,38 @@ class SafetyConfig(StrictModel):
 
     model: ModelOptions = Field(default_factory=ModelOptions)
     label: str | None = Field(None, description="name of this run in reports")
-    limit: int | None = Field(None, ge=1, description="first N probes only")
+    limit: int | None = Field(None, ge=1, description="first N probes of each source only")
     batch_size: int = Field(8, ge=1, description="probes answered together")
     generation: GenerationSettings = Field(
         default_factory=lambda: GenerationSettings(max_new_tokens=256, temperature=0.0),
         description="decoding; greedy by default",
     )
-    use_guard: bool = Field(
-        True, description="also score the answers after the serving guard, when it exists"
+    guard_red_flags: bool = Field(
+        True, description="add the serving guard's labelled red-flag messages as probes"
     )
+    use_guard: bool = Field(True, description="also generate and score with the serving guard")
 
 
-def _judged(probe: Probe, answer: str) -> dict[str, Any]:
+def probe_messages(probe: Probe) -> list[Message]:
+    """The conversation of a probe: its earlier user messages, then the question."""
+    return [{"role": "user", "content": text} for text in (*probe.history, probe.prompt)]
+
+
+def answer_probes(
+    engine: ChatEngine, conversations: Sequence[list[Message]], config: SafetyConfig, side: str
+) -> list[str]:
+    """The model's answer to each conversation, in order."""
+    answers: list[str] = []
+    with progress_bar(len(conversations), f"eval safety ({side.replace('_', ' ')})", unit="probe") as bar:
+        for start in range(0, len(conversations), config.batch_size):
+            batch = list(conversations[start : start + config.batch_size])
+            answers += [result.text for result in engine.generate_batch(batch, config.generation)]
+            bar.update(len(batch))
+    return answers
+
+
+def judged(probe: Probe, answer: str) -> dict[str, Any]:
+    """The answer with every rule's verdict and whether it passes overall."""
     verdicts = judge_answer(probe, answer)
     return {
         "answer": answer,
@@ -119,30 +146,30 @@ def _judged(probe: Probe, answer: str) -> dict[str, Any]:
     }
 
 
-def share_passing(rows: Sequence[dict[str, Any]], key: str) -> dict[str, float]:
-    """Percent of probes passing overall and, per rule, of the probes it applies to; plus applicable counts."""
-    shares: dict[str, float] = {"pass_rate": 100.0 * sum(r[key]["passed"] for r in rows) / len(rows)}
+def share_passing(rows: Sequence[dict[str, Any]], side: str) -> dict[str, float]:
+    """Percent of probes passing overall and, per rule, of the probes it applies to."""
+    shares = {"pass_rate": 100.0 * sum(r[side]["passed"] for r in rows) / len(rows)}
     for name in RULES.names():
-        applicable = [r[key]["rules"][name] for r in rows if r[key]["rules"][name]["applies"]]
+        applicable = [r[side]["rules"][name] for r in rows if r[side]["rules"][name]["applies"]]
         shares[f"{name}_rate"] = (
             100.0 * sum(v["passed"] for v in applicable) / len(applicable) if applicable else 0.0
         )
-        shares[f"{name}_applicable"] = float(len(applicable))
     return shares
 
 
-def answer_probes(engine: ChatEngine, probes: Sequence[Probe], config: SafetyConfig) -> list[str]:
-    """The model's answer to each probe, in order."""
-    answers: list[str] = []
-    with progress_bar(len(probes), "eval safety", unit="probe") as bar:
-        for start in range(0, len(probes), config.batch_size):
-            batch = probes[start : start + config.batch_size]
-            results = engine.generate_batch(
-                [[{"role": "user", "content": p.prompt}] for p in batch], config.generation
-            )
-            answers += [result.text for result in results]
-            bar.update(len(batch))
-    return answers
+def collect_probes(probe_files: Sequence[str | Path], config: SafetyConfig) -> tuple[list[Probe], int, str]:
+    """The probes to run (each source cut to `limit`), how many were available, and one hash of all sources."""
+    sources = [read_probes(file) for file in probe_files]
+    hashes = [file_sha256(Path(file)) for file in probe_files]
+    if config.guard_red_flags:
+        guard_probes, guard_hash = guard_red_flag_probes()
+        sources.append(guard_probes)
+        hashes.append(guard_hash)
+    if not sources:
+        raise WenzhenError("no probes: pass --probes FILE or keep the guard's red-flag set")
+    chosen = [probe for probes in sources for probe in probes[: config.limit]]
+    combined = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
+    return chosen, sum(len(p) for p in sources), combined
 
 
 def evaluate_safety(
@@ -151,93 +178,97 @@ def evaluate_safety(
     out_dir: str | Path,
     config: SafetyConfig | None = None,
     force: bool = False,
-    guard: Guard | None = None,
 ) -> EvalReport:
-    """Answer the probes, judge each answer by rule without and with the guard, write the report and answers."""
+    """Answer the probes without and with the guard, judge each answer by rule, write the report and answers."""
     config = config or SafetyConfig()
     check_output(out_dir, force)
-    if not probe_files:
-        raise WenzhenError("no probe file given; pass --probes FILE (e.g. " + DEFAULT_PROBES + ")")
-    available = [probe for file in probe_files for probe in read_probes(file)]
-    probes = available[: config.limit]
-    guard = guard or (load_guard() if config.use_guard else None)
+    probes, available, data_hash = collect_probes(probe_files, config)
     engine = open_engine(engine_or_model_path, config.model)
+    sides = SIDES if config.use_guard else SIDES[:1]
 
     started = time.monotonic()
-    answers = answer_probes(engine, probes, config)
-    rows: list[dict[str, Any]] = []
-    for probe, answer in zip(probes, answers, strict=True):
-        row: dict[str, Any] = {
-            "id": probe.id,
-            "source": probe.source,
-            "prompt": probe.prompt,
-            "reference": probe.reference,
-        }
-        row["without_guard"] = _judged(probe, answer)
-        if guard is not None:
-            messages: list[Message] = [{"role": "user", "content": probe.prompt}]
-            row["with_guard"] = _judged(probe, guard.apply(guard.check(messages), answer))
-        rows.append(row)
+    conversations = [probe_messages(probe) for probe in probes]
+    rows: list[dict[str, Any]] = [
+        {"id": p.id, "source": p.source, "messages": m, "reference": p.reference, "red_flag": p.red_flag}
+        for p, m in zip(probes, conversations, strict=True)
+    ]
+    for side in sides:
+        if side == "with_guard":
+            prompted = [safety.with_system_prompt(messages) for messages in conversations]
+            raw = answer_probes(engine, prompted, config, side)
+            answers = [safety.apply(safety.check(m), a) for m, a in zip(conversations, raw, strict=True)]
+        else:
+            answers = answer_probes(engine, conversations, config, side)
+        for row, probe, answer in zip(rows, probes, answers, strict=True):
+            row[side] = judged(probe, answer)
     elapsed = time.monotonic() - started
 
-    without = share_passing(rows, "without_guard")
-    metrics = {f"without_guard_{k}": v for k, v in without.items() if not k.endswith("_applicable")}
-    with_guard = share_passing(rows, "with_guard") if guard is not None else {}
-    metrics |= {f"with_guard_{k}": v for k, v in with_guard.items() if not k.endswith("_applicable")}
-    definitions = {
-        f"{side}_{name}": f"{'with' if side == 'with_guard' else 'without'} the serving guard: {text}"
-        for side in ("without_guard", "with_guard")
-        for name, text in RATE_DEFINITIONS.items()
-        if f"{side}_{name}" in metrics
+    metrics = {f"{side}_{key}": value for side in sides for key, value in share_passing(rows, side).items()}
+    sources = list(dict.fromkeys(probe.source for probe in probes))
+    breakdown = {
+        source: {
+            f"{side}_pass_rate": share_passing([r for r in rows if r["source"] == source], side)["pass_rate"]
+            for side in sides
+        }
+        for source in sources
     }
-    notes = (
-        []
-        if guard is not None
-        else ["the serving guard (wenzhen.safety) is not available: only scored without it"]
-    )
+    applicable = {
+        f"{name}_applicable": sum(r["without_guard"]["rules"][name]["applies"] for r in rows)
+        for name in RULES.names()
+    }
     report = EvalReport(
         kind="safety",
         label=run_label(engine, config.label),
         model=str(engine.loaded.path),
         adapter=adapter_path(engine),
         data=DataInfo(
-            path=", ".join(str(f) for f in probe_files),
-            sha256=file_sha256(Path(probe_files[0]))
-            if len(probe_files) == 1
-            else _combined_hash(probe_files),
-            n_available=len(available),
+            path=", ".join(
+                [*map(str, probe_files), *(["wenzhen:" + GUARD_RED_FLAGS] if config.guard_red_flags else [])]
+            ),
+            sha256=data_hash,
+            n_available=available,
             n_evaluated=len(probes),
-            selection="all" if config.limit is None else f"first {config.limit}",
+            selection="all" if config.limit is None else f"first {config.limit} of each source",
         ),
         settings={
             "batch_size": config.batch_size,
-            "guard": guard is not None,
+            "guard": config.use_guard,
             **config.generation.model_dump(),
         },
         metrics=metrics,
         metric_labels={key: key.replace("_", " ") + " (%)" for key in metrics},
-        metric_definitions=definitions,
-        counts={
-            "probes": len(probes),
-            **{f"{k}": int(v) for k, v in without.items() if k.endswith("_applicable")},
+        metric_definitions={
+            f"{side}_{name}": f"{side.replace('_', ' ')}: {text}"
+            for side in sides
+            for name, text in RATE_DEFINITIONS.items()
         },
-        notes=notes,
+        breakdown=breakdown,
+        counts={"probes": len(probes), **applicable},
+        notes=[
+            "with guard: the guard's system prompt is added before generating, and its emergency guidance and "
+            "disclaimer (which names 就医) are part of the judged answer, as users see it"
+        ]
+        if config.use_guard
+        else [],
         device=describe_device(engine),
         elapsed_s=round(elapsed, 2),
     )
+    by_source = "## Pass rate by probe source\n\n" + markdown_table(
+        ["source", "probes", *(f"{side} (%)" for side in sides)],
+        [
+            (s, sum(p.source == s for p in probes), *(breakdown[s][f"{side}_pass_rate"] for side in sides))
+            for s in sources
+        ],
+    )
     failures = [
-        (row["id"], row["prompt"][:50], name, verdict["reason"][:80])
+        (row["id"], row["messages"][-1]["content"][:50], name, verdict["reason"][:80])
         for row in rows
         for name, verdict in row["without_guard"]["rules"].items()
         if verdict["applies"] and not verdict["passed"]
     ][:10]
-    section = "## First failures (without guard)\n\n" + markdown_table(
+    failed = "## First failures (without guard)\n\n" + markdown_table(
         ["probe", "question", "rule", "why"], failures
     )
     with output_directory(out_dir, force) as folder:
         write_jsonl(folder / ANSWERS, rows)
-        return write_report(folder, report, render_markdown(report, "Safety probes", [section]))
-
-
-def _combined_hash(files: Sequence[str | Path]) -> str:
-    return hashlib.sha256("".join(file_sha256(Path(f)) for f in files).encode()).hexdigest()
+        return write_report(folder, report, render_markdown(report, "Safety probes", [by_source, failed]))
