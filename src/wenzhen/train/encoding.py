@@ -115,6 +115,7 @@ def encode_conversation(
     stops = set(family.stop_token_ids(tokenizer))
     full = _render(family, tokenizer, messages, tools, add_generation_prompt=False)
     labelled = [False] * len(full)
+    final_turn_stopped = False
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
@@ -126,12 +127,15 @@ def encode_conversation(
             labelled[position] = True
         if len(turn) < len(full) and full[len(turn)] in stops:
             labelled[len(turn)] = True  # the next role token ends this turn (ChatGLM3)
-    if not full or full[-1] not in stops:
+        final_turn_stopped = any(token in stops for token in turn[len(header) :])
+    answer_last = messages[-1]["role"] == "assistant"
+    if (answer_last and not final_turn_stopped) or (not answer_last and full and full[-1] not in stops):
+        # The render does not end the conversation with a stop token (ChatGLM3): append eos, as the official code.
         eos = tokenizer.eos_token_id
         if eos is None:
             raise WenzhenError("the tokenizer has no eos token; set one in its tokenizer_config.json")
         full.append(eos)
-        labelled.append(messages[-1]["role"] == "assistant")
+        labelled.append(answer_last)
     labels = [token if mask else IGNORE for token, mask in zip(full, labelled, strict=True)]
     return EncodedSample(input_ids=full, labels=labels)
 

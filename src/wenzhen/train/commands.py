@@ -1,0 +1,129 @@
+"""`wenzhen train DATA_DIR MODEL_DIR CONFIG [AUTO_RESUME]`: the official finetune_hf.py arguments, plus options."""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wenzhen.errors import ConfigError
+
+DESCRIPTION = """\
+Fine-tune MODEL_DIR on the conversations in DATA_DIR as CONFIG says, like the official ChatGLM3
+`finetune_hf.py DATA_DIR MODEL_DIR CONFIG [AUTO_RESUME]`.
+
+MODEL_DIR: an official ChatGLM3-6B download as is, a directory converted by `wenzhen convert`, or any local
+Hugging Face chat model with a chat template.
+DATA_DIR: holds the files named in the config's data_config (JSON Lines, one {"conversations": [...]} a line;
+`wenzhen data prepare` writes them).
+CONFIG: a YAML file; the official configs/lora.yaml, ptuning_v2.yaml and sft.yaml work unchanged, and
+configs/*.yaml in this repository are tuned for medical consultation data.
+
+The run folder (training_args.output_dir) receives checkpoint-N/, final/, metrics.jsonl, tensorboard/,
+training_curve.png, summary.json and run.json. For several GPUs launch the same command with
+`torchrun --nproc_per_node N -m wenzhen train ...` or `accelerate launch -m wenzhen train ...`.
+"""
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`training_args.learning_rate=1e-4` -> ("training_args.learning_rate", 0.0001), values read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"--set {key}: {value!r} is not a YAML value ({exc})") from None
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The named options as dotted config keys; `--set` comes last and wins."""
+    named = {
+        "training_args.output_dir": args.output_dir,
+        "method": args.method,
+        "training_args.max_steps": args.max_steps,
+        "training_args.learning_rate": args.learning_rate,
+        "training_args.per_device_train_batch_size": args.batch_size,
+        "training_args.save_steps": args.save_steps,
+        "training_args.save_total_limit": args.save_total_limit,
+        "training_args.eval_steps": args.eval_steps,
+        "training_args.deepspeed": args.deepspeed,
+        "training_args.fsdp": args.fsdp,
+        "training_args.gradient_checkpointing": args.gradient_checkpointing,
+        "training_args.use_cpu": True if args.cpu else None,
+        "training_args.seed": args.seed,
+        "packing": args.packing,
+        "truncation": args.truncation,
+    }
+    overrides = {key: value for key, value in named.items() if value is not None}
+    if args.eval_steps is not None:
+        overrides["training_args.eval_strategy"] = "steps"
+    if args.deepspeed is not None:
+        overrides["training_args.deepspeed"] = str(Path(args.deepspeed).resolve())
+    overrides.update(dict(args.set or []))
+    return overrides
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handler of `wenzhen train`."""
+    from wenzhen.train.config import load_train_config
+    from wenzhen.train.trainer import train
+
+    if not Path(args.data_dir).is_dir():
+        raise ConfigError(f"DATA_DIR {args.data_dir} is not a directory; pass the folder holding train.json")
+    config = load_train_config(args.config, overrides_from(args))
+    result = train(
+        args.data_dir, args.model_dir, config, args.auto_resume, config_dir=Path(args.config).resolve().parent
+    )
+    print(result.final_dir)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `wenzhen train`."""
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune with LoRA, P-Tuning v2, QLoRA or full SFT from a YAML config",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data_dir", metavar="DATA_DIR", help="folder with the data_config files")
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="base model directory")
+    parser.add_argument("config", metavar="CONFIG", help="training YAML (official or wenzhen configs/*.yaml)")
+    parser.add_argument(
+        "auto_resume",
+        metavar="AUTO_RESUME",
+        nargs="?",
+        default=None,
+        help="`yes`: resume from the newest checkpoint in output_dir; a number N: from checkpoint-N; "
+        "a checkpoint folder; `no` or left out: start over",
+    )
+    group = parser.add_argument_group("overrides (each replaces the config's value)")
+    group.add_argument("--output-dir", help="run folder (training_args.output_dir)")
+    group.add_argument("--method", choices=["lora", "qlora", "ptuning_v2", "prefix", "full"], help="tuning method")
+    group.add_argument("--max-steps", type=int, help="optimizer steps (training_args.max_steps)")
+    group.add_argument("--learning-rate", type=float, help="peak learning rate")
+    group.add_argument("--batch-size", type=int, help="per-device train batch size (conversations)")
+    group.add_argument("--save-steps", type=int, help="checkpoint every N steps")
+    group.add_argument("--save-total-limit", type=int, help="keep only the newest K checkpoints")
+    group.add_argument("--eval-steps", type=int, help="evaluate on the dev split every N steps")
+    group.add_argument("--deepspeed", help="DeepSpeed JSON config (needs deepspeed installed)")
+    group.add_argument("--fsdp", help='FSDP mode for multi-GPU runs, e.g. "full_shard auto_wrap"')
+    group.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute activations to save memory",
+    )
+    group.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None, help="packed batches")
+    group.add_argument("--truncation", choices=["keep_eos", "official"], help="how over-long samples are cut")
+    group.add_argument("--seed", type=int, help="random seed")
+    group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    group.add_argument(
+        "--set",
+        action="append",
+        type=parse_override,
+        metavar="KEY=VALUE",
+        help="any config key by its dotted path, e.g. --set peft_config.r=16 (repeatable)",
+    )
+    parser.set_defaults(handler=run_train)
