@@ -102,8 +102,8 @@ def read_report(run_dir: str | Path) -> EvalReport:
 
 
 def format_value(value: float) -> str:
-    """Two decimals for scores, plain integers for counts."""
-    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:.2f}"
+    """Scores with two decimals (counts are ints and printed as they are)."""
+    return f"{value:.2f}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
