@@ -40,7 +40,7 @@ def chunked_lm_loss(
     if positions.numel() == 0:
         return hidden_states.sum() * 0.0
     hidden, targets = hidden[positions], targets[positions]
-    weight = lm_head.weight
+    weight: torch.Tensor = lm_head.weight  # type: ignore[assignment]
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
         end = start + chunk_size
