@@ -72,25 +72,29 @@ _DROPPED = dict.fromkeys(
     [0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, *range(0, 9), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]
 )
 _NORMALISE_TABLE = {**_FULLWIDTH_ALNUM, **_DROPPED, 0x00A0: 0x20, 0x09: 0x20}
+# str.translate walks every character in Python-level steps; a C regex finds the rare texts that need it.
+_NEEDS_TRANSLATION = re.compile("[" + "".join(re.escape(chr(code)) for code in _NORMALISE_TABLE) + "]")
 _LINE_EDGE_SPACE = re.compile(r"[ \u3000]*\n[ \u3000]*")
 _SPACE_RUN = re.compile(r"[ \u3000]{2,}")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_EDGES = " \n\u3000"
 
 
 def normalise_text(text: str, counts: Counter[str]) -> str:
     """NFC, full-width alphanumerics to ASCII, CR/LF to LF, trimmed lines, at most one blank line in a row."""
     original = text
-    if not text.isascii():
-        if not unicodedata.is_normalized("NFC", text):
-            text = unicodedata.normalize("NFC", text)
-        text = text.translate(_NORMALISE_TABLE)
-    elif "\t" in text or "\x00" in text:
+    if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    if _NEEDS_TRANSLATION.search(text):
         text = text.translate(_NORMALISE_TABLE)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if "\n" in text:
         text = _BLANK_LINES.sub("\n\n", _LINE_EDGE_SPACE.sub("\n", text))
-    text = _SPACE_RUN.sub(" ", text).strip(" \n\u3000")
+    if "  " in text or "\u3000" in text:
+        text = _SPACE_RUN.sub(" ", text)
+    if text[:1] in _EDGES or text[-1:] in _EDGES:
+        text = text.strip(_EDGES)
     if text != original:
         counts["normalize.changed"] += 1
     return text
@@ -172,8 +176,8 @@ def build_pii_masker(kinds: list[str]) -> Callable[[str, Counter[str]], str]:
     chosen = [kind for kind in PII_PATTERNS if kind in kinds]
     combined = re.compile("|".join(f"(?P<{kind}>{PII_PATTERNS[kind][0]})" for kind in chosen))
     tags = {kind: PII_PATTERNS[kind][1] for kind in chosen}
-    # Every pattern needs a digit, '@' or a dot-separated host; texts without any skip the scan.
-    cheap = re.compile(r"[0-9@]|www\.")
+    # Every pattern needs a run of digits, '@' or a web address; texts without one skip the full scan.
+    cheap = re.compile(r"\d{7}|\d{3}[- ]\d{4}|@|www\.|https?://")
 
     def mask(text: str, counts: Counter[str]) -> str:
         if not cheap.search(text):

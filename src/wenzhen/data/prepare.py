@@ -9,9 +9,10 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ def prepare(
     meter = token_meter(config.length.tokenizer) if config.length.tokenizer else char_meter()
     with atomic_directory(out_dir, force=force) as staging:
         run = _Run(config, meter, staging)
-        run.stream(plans)
+        try:
+            run.stream(plans)
+        finally:
+            meter.close()
         splits = run.write_splits()
         report = run.report(plans, splits, time.perf_counter() - started)
         write_json(staging / "report.json", report)
@@ -99,7 +103,6 @@ class _Run:
         limit = self.config.length.batch_size
         pending: tuple[Future[list[int]], list[Record]] | None = None
         with (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="measure") as measurer,
             open(self.staging / "rejects.jsonl", "w", encoding="utf-8", errors="backslashreplace") as rejects,
             open(self.staging / SPOOL, "w", encoding="utf-8") as spool,
         ):
@@ -109,14 +112,14 @@ class _Run:
                 if self._admit(record):
                     batch.append(record)
                 if len(batch) >= limit:
-                    submitted = (measurer.submit(self.meter.measure, _texts(batch)), batch)
+                    submitted = (self.meter.submit(_texts(batch)), batch)
                     if pending:
                         self._finish(*pending)
                     pending, batch = submitted, []
             if pending:
                 self._finish(*pending)
             if batch:
-                self._finish(measurer.submit(self.meter.measure, _texts(batch)), batch)
+                self._finish(self.meter.submit(_texts(batch)), batch)
 
     def _records(self, plans: list[InputPlan]) -> Iterator[Record]:
         progress = tqdm(
@@ -247,13 +250,13 @@ class _Run:
             "cleaning": dict(sorted(self.cleaner.counts.items())),
             "rules": self.cleaner.names,
             "length": {
-                "unit": self.meter.unit,
-                "measured_by": self.meter.name,
+                **self.meter.describe(),
                 "user": percentiles(self.tally.user),
                 "assistant": percentiles(self.tally.assistant),
                 "total": percentiles(self.tally.total),
             },
             "config": self.config.model_dump(mode="json"),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "seconds": round(seconds, 2),
             "records_per_second": round(totals["read"] / seconds, 1) if seconds else 0.0,
         }

@@ -7,6 +7,7 @@ its line number); only a file that no reader recognises stops the run.
 import csv
 import io
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,9 +114,12 @@ def _text(value: Any, what: str) -> str:
 
 
 def _department(value: Any) -> str | None:
-    """A department label, with empty and pandas' 'nan' placeholders treated as unknown."""
+    """A department label, with empty and pandas' 'nan' placeholders treated as unknown.
+
+    Labels are interned: a corpus has a handful of departments but hundreds of thousands of records.
+    """
     text = str(value).strip() if value is not None else ""
-    return text if text and text.lower() not in ("nan", "none", "null") else None
+    return sys.intern(text) if text and text.lower() not in ("nan", "none", "null") else None
 
 
 def _json_reader(convert: Callable[[dict[str, Any]], Record]) -> Callable[[Path, str], Iterator[Record]]:

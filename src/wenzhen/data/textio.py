@@ -6,6 +6,7 @@ Everything here reads incrementally, so a corpus larger than memory streams thro
 import codecs
 import csv
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,9 +57,12 @@ def read_head(path: Path, encoding: str, size: int = 64 * 1024) -> str:
         return handle.read(size)
 
 
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
 def has_undecodable(text: str) -> bool:
     """True when `text` carries bytes the detected encoding could not decode (lone surrogates)."""
-    return any("\udc80" <= char <= "\udcff" for char in text) if not text.isascii() else False
+    return not text.isascii() and _UNDECODABLE.search(text) is not None
 
 
 @dataclass(slots=True)
