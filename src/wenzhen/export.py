@@ -458,8 +458,6 @@ class ShardWriter:
             self.parameters += sum(t.numel() for k, t in ready.items() if k != chatglm3._DERIVED)
         self.pending = held
         self.pending_bytes = sum(t.numel() * t.element_size() for t in held.values())
-        del ready
-        gc.collect()
 
     def finish(self) -> int:
         """Write the last shard, give the shards their final names and write the index; returns the shard count."""
