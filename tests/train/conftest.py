@@ -42,7 +42,10 @@ def conversations(count: int = 16, start: int = 0) -> list[dict]:
         if index % 3 == 0:
             turns = [{"role": "system", "content": "你是一名耐心的医生。"}, *turns]
         if index % 4 == 1:
-            turns += [{"role": "user", "content": "还需要注意什么"}, {"role": "assistant", "content": "按时复诊。"}]
+            turns += [
+                {"role": "user", "content": "还需要注意什么"},
+                {"role": "assistant", "content": "按时复诊。"},
+            ]
         rows.append({"conversations": turns})
     return rows
 
@@ -68,13 +71,18 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    corpus = [text for question, answer in QUESTIONS for text in (question, answer)] + ["system user assistant"]
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    ))
+    corpus = [text for question, answer in QUESTIONS for text in (question, answer)] + [
+        "system user assistant"
+    ]
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=SPECIAL,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML
     )

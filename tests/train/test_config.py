@@ -13,7 +13,9 @@ HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 
 
-@pytest.mark.parametrize(("name", "method"), [("lora", "lora"), ("ptuning_v2", "ptuning_v2"), ("sft", "full")])
+@pytest.mark.parametrize(
+    ("name", "method"), [("lora", "lora"), ("ptuning_v2", "ptuning_v2"), ("sft", "full")]
+)
 def test_official_configs_load_unchanged(name: str, method: str, caplog: pytest.LogCaptureFixture):
     with caplog.at_level(logging.WARNING):
         config = load_train_config(HERE / "official_configs" / f"{name}.yaml")
@@ -38,8 +40,12 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_unknown_key_names_its_path_and_the_likely_key(tmp_path: Path):
-    path = write(tmp_path, "max_input_length: 8\nmax_output_length: 8\ntraining_args:\n  learning_rat: 1e-4\n")
-    with pytest.raises(ConfigError, match=r"training_args\.learning_rat: unknown key; did you mean 'learning_rate'"):
+    path = write(
+        tmp_path, "max_input_length: 8\nmax_output_length: 8\ntraining_args:\n  learning_rat: 1e-4\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"training_args\.learning_rat: unknown key; did you mean 'learning_rate'"
+    ):
         load_train_config(path)
 
 
@@ -51,9 +57,10 @@ def test_wrong_type_names_its_path(tmp_path: Path):
 
 def test_lora_key_under_prefix_tuning_is_refused(tmp_path: Path):
     path = write(
-        tmp_path, "max_input_length: 8\nmax_output_length: 8\npeft_config:\n  peft_type: PREFIX_TUNING\n  r: 8\n"
+        tmp_path,
+        "max_input_length: 8\nmax_output_length: 8\npeft_config:\n  peft_type: PREFIX_TUNING\n  r: 8\n",
     )
-    with pytest.raises(ConfigError, match="peft_config: .*r do not apply to peft_type PREFIX_TUNING"):
+    with pytest.raises(ConfigError, match=r"peft_config: .*r do not apply to peft_type PREFIX_TUNING"):
         load_train_config(path)
 
 
@@ -70,10 +77,20 @@ def test_old_and_new_name_together_is_refused(tmp_path: Path):
 def test_method_and_peft_type_must_agree():
     with pytest.raises(ValueError, match="method full trains every weight"):
         TrainConfig.model_validate(
-            {"max_input_length": 8, "max_output_length": 8, "method": "full", "peft_config": {"peft_type": "LORA"}}
+            {
+                "max_input_length": 8,
+                "max_output_length": 8,
+                "method": "full",
+                "peft_config": {"peft_type": "LORA"},
+            }
         )
     qlora = TrainConfig.model_validate(
-        {"max_input_length": 8, "max_output_length": 8, "method": "qlora", "peft_config": {"peft_type": "lora"}}
+        {
+            "max_input_length": 8,
+            "max_output_length": 8,
+            "method": "qlora",
+            "peft_config": {"peft_type": "lora"},
+        }
     )
     assert qlora.method_name == "qlora"
 
@@ -81,6 +98,8 @@ def test_method_and_peft_type_must_agree():
 def test_command_line_overrides_are_validated_too(tmp_path: Path):
     path = HERE / "official_configs" / "lora.yaml"
     config = load_train_config(path, {"training_args.max_steps": 5, "peft_config.r": 4})
-    assert config.training_args.max_steps == 5 and config.peft_config is not None and config.peft_config.r == 4
-    with pytest.raises(ConfigError, match="peft_config.rr: unknown key; did you mean 'r'"):
+    assert (
+        config.training_args.max_steps == 5 and config.peft_config is not None and config.peft_config.r == 4
+    )
+    with pytest.raises(ConfigError, match=r"peft_config\.rr: unknown key; did you mean 'r'"):
         load_train_config(path, dict([parse_override("peft_config.rr=4")]))

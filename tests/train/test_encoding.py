@@ -65,7 +65,12 @@ def test_keep_eos_differs_only_where_the_official_cut_drops_the_eos(chatglm3, go
 def test_answer_less_samples_are_skipped_and_counted(chatglm3):
     family, tokenizer = chatglm3
     rows = [
-        {"conversations": [{"role": "user", "content": "头痛" * 50}, {"role": "assistant", "content": "休息"}]},
+        {
+            "conversations": [
+                {"role": "user", "content": "头痛" * 50},
+                {"role": "assistant", "content": "休息"},
+            ]
+        },
         {"conversations": [{"role": "user", "content": "只有问题"}]},
         {"conversations": CONVERSATION},
         "not an object",
@@ -101,7 +106,9 @@ def test_chat_template_masking_labels_answers_and_end_of_turn_only(tiny_llama_di
 def test_truncated_chat_template_sample_ends_with_the_end_of_turn_token(tiny_llama_dir: Path):
     family, tokenizer = detect_family(tiny_llama_dir), load_tokenizer(tiny_llama_dir)
     full = encode_conversation(family, tokenizer, CONVERSATION)
-    samples, report = encode_rows([{"conversations": CONVERSATION}], family, tokenizer, len(full.input_ids) - 3)
+    samples, report = encode_rows(
+        [{"conversations": CONVERSATION}], family, tokenizer, len(full.input_ids) - 3
+    )
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert report.truncated == 1
     assert samples[0].input_ids[-1] == im_end and samples[0].labels[-1] == im_end

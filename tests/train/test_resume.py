@@ -14,14 +14,16 @@ from wenzhen.train.checkpoints import STAGING, complete_checkpoints, resolve_res
 from wenzhen.train.trainer import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from interrupted_run import resume_config  # noqa: E402
+from interrupted_run import resume_config
 
 DRIVER = Path(__file__).with_name("interrupted_run.py")
 
 
 def run(data_dir: Path, model_dir: Path, out: Path, mode: str, kill_at: int, resume: str | None = None):
     command = [sys.executable, str(DRIVER), str(data_dir), str(model_dir), str(out), mode, str(kill_at)]
-    return subprocess.run([*command, *([resume] if resume else [])], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [*command, *([resume] if resume else [])], capture_output=True, text=True, timeout=600
+    )
 
 
 def losses(out: Path) -> dict[int, float]:

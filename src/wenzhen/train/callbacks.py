@@ -31,17 +31,25 @@ class ProgressBar(TrainerCallback):
         self.started = 0.0
         self.tokens_at_start = 0
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ):
         if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", file=sys.stderr)
+            self.bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc="train", unit="step", file=sys.stderr
+            )
             self.started = time.monotonic()
             self.tokens_at_start = int(state.num_input_tokens_seen or 0)
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs
+    ):
         if self.bar is None or not logs:
             return
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -55,7 +63,9 @@ class ProgressBar(TrainerCallback):
             postfix["lr"] = f"{logs['learning_rate']:.2e}"
         self.bar.set_postfix(postfix, refresh=True)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -71,17 +81,25 @@ class MetricsLog(TrainerCallback):
         self.path = output_dir / METRICS_FILE
         self.started = 0.0
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ):
         self.started = time.monotonic()
         if not state.is_world_process_zero:
             return
         kept = [row for row in read_metrics(self.path) if row.get("step", 0) <= state.global_step]
         write_jsonl(self.path, kept)
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs
+    ):
         if not state.is_world_process_zero or not logs:
             return
-        row = {"step": state.global_step, "epoch": state.epoch, "tokens": int(state.num_input_tokens_seen or 0)}
+        row = {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "tokens": int(state.num_input_tokens_seen or 0),
+        }
         row |= {key: value for key, value in logs.items() if isinstance(value, int | float)}
         row["elapsed_s"] = round(time.monotonic() - self.started, 3)
         with open(self.path, "a", encoding="utf-8") as handle:

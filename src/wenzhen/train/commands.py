@@ -100,7 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     group = parser.add_argument_group("overrides (each replaces the config's value)")
     group.add_argument("--output-dir", help="run folder (training_args.output_dir)")
-    group.add_argument("--method", choices=["lora", "qlora", "ptuning_v2", "prefix", "full"], help="tuning method")
+    group.add_argument(
+        "--method", choices=["lora", "qlora", "ptuning_v2", "prefix", "full"], help="tuning method"
+    )
     group.add_argument("--max-steps", type=int, help="optimizer steps (training_args.max_steps)")
     group.add_argument("--learning-rate", type=float, help="peak learning rate")
     group.add_argument("--batch-size", type=int, help="per-device train batch size (conversations)")
@@ -115,7 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="recompute activations to save memory",
     )
-    group.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None, help="packed batches")
+    group.add_argument(
+        "--packing", action=argparse.BooleanOptionalAction, default=None, help="packed batches"
+    )
     group.add_argument("--truncation", choices=["keep_eos", "official"], help="how over-long samples are cut")
     group.add_argument("--seed", type=int, help="random seed")
     group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")

@@ -148,7 +148,9 @@ class PeftConfig(StrictModel):
             "PREFIX_TUNING": {"num_virtual_tokens", "prefix_projection", "encoder_hidden_size"},
         }
         foreign = sorted(
-            key for key in self.model_fields_set - {"peft_type", "task_type"} if key not in own[self.peft_type]
+            key
+            for key in self.model_fields_set - {"peft_type", "task_type"}
+            if key not in own[self.peft_type]
         )
         if foreign:
             raise ValueError(f"{', '.join(foreign)} do not apply to peft_type {self.peft_type}")

@@ -71,7 +71,7 @@ class EncodingReport:
 def conversation_messages(row: Any) -> tuple[list[Message], list[dict[str, Any]] | None]:
     """The messages (and tools) of one data row: `{"conversations": [...]}` as the official demo, or `messages`."""
     if not isinstance(row, dict):
-        raise WenzhenError("a row is not a JSON object; each line must be {\"conversations\": [...]}")
+        raise WenzhenError('a row is not a JSON object; each line must be {"conversations": [...]}')
     messages = row.get("conversations", row.get("messages"))
     if not isinstance(messages, list) or not messages:
         raise WenzhenError("a row has no non-empty 'conversations' list")
@@ -173,14 +173,18 @@ def encode_rows(
     for number, row in enumerate(rows, start=1):
         try:
             messages, tools = conversation_messages(row)
-            sample = truncate(encode_conversation(family, tokenizer, messages, tools), max_length, truncation, stops)
+            sample = truncate(
+                encode_conversation(family, tokenizer, messages, tools), max_length, truncation, stops
+            )
         except WenzhenError as exc:
             report.skipped_invalid += 1
             report.problems.append(f"{source} row {number}: {exc}")
             continue
         if sample.label_count == 0:
             report.skipped_no_labels += 1
-            report.problems.append(f"{source} row {number}: no answer token left after truncation to {max_length}")
+            report.problems.append(
+                f"{source} row {number}: no answer token left after truncation to {max_length}"
+            )
             continue
         samples.append(sample)
         report.kept += 1

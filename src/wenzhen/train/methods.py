@@ -47,8 +47,9 @@ class TuningMethod(ABC):
     name: str = ""
     trains_adapter: bool = True
     supports_packing: bool = True
+    supports_gradient_checkpointing: bool = True
 
-    def check_available(self, device: torch.device) -> None:
+    def check_available(self, device: torch.device) -> None:  # noqa: B027 - most methods run anywhere
         """Raise a WenzhenError when this machine cannot run the method."""
 
     def load(self, model_dir: Path, device: torch.device, config: TrainConfig) -> LoadedModel:
@@ -113,6 +114,8 @@ class PrefixTuningMethod(TuningMethod):
 
     name = "ptuning_v2"
     supports_packing = False
+    # peft feeds the prefixes through the KV cache, which activation checkpointing cannot recompute.
+    supports_gradient_checkpointing = False
 
     def prepare(self, model: PreTrainedModel, config: TrainConfig, family: ModelFamily) -> torch.nn.Module:
         """peft PREFIX_TUNING with the configured number of virtual tokens."""
@@ -152,7 +155,9 @@ class QLoraMethod(LoraMethod):
     def check_available(self, device: torch.device) -> None:
         """QLoRA needs a CUDA GPU and bitsandbytes."""
         if device.type != "cuda":
-            raise WenzhenError("QLoRA needs a CUDA GPU (4-bit weights run through bitsandbytes); use method lora")
+            raise WenzhenError(
+                "QLoRA needs a CUDA GPU (4-bit weights run through bitsandbytes); use method lora"
+            )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise WenzhenError("QLoRA needs bitsandbytes: `pip install bitsandbytes`, or use method lora")
 
@@ -189,7 +194,14 @@ for _method in (LoraMethod(), PrefixTuningMethod(), FullMethod(), QLoraMethod())
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Turn activation checkpointing on and prove it is on (some remote-code models ignore the call)."""
     # Non-reentrant checkpointing needs no `enable_input_require_grads` hack for frozen embeddings.
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    try:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.20 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    except ValueError as exc:
+        raise WenzhenError(f"{exc}; set training_args.gradient_checkpointing: false") from None
     if not any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
         raise WenzhenError(
             f"{type(model).__name__} ignored gradient checkpointing; set training_args.gradient_checkpointing: false"

@@ -43,4 +43,6 @@ def make_collator(packed: bool, tokenizer: PreTrainedTokenizerBase) -> Any:
         tokenizer.pad_token = tokenizer.eos_token
     # Training pads on the right: left padding would shift every position of the short rows.
     tokenizer.padding_side = "right"
-    return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE, return_tensors="pt")
+    return DataCollatorForSeq2Seq(
+        tokenizer, padding="longest", label_pad_token_id=IGNORE, return_tensors="pt"
+    )

@@ -112,7 +112,9 @@ class WenzhenTrainer(Trainer):
     def _stop_non_finite(self, what: str) -> None:
         step = self.state.global_step + 1
         checkpoints = complete_checkpoints(Path(self.args.output_dir))
-        last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was saved yet"
+        last = (
+            f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was saved yet"
+        )
         raise NonFiniteError(
             f"training stopped at step {step}: {what}; {last}. Lower learning_rate (or use bf16/fp32 instead of "
             "fp16), then resume from that checkpoint or start over"
@@ -135,7 +137,9 @@ def choose_precision(config: TrainConfig, device: torch.device) -> tuple[bool, b
         return False, False
     bf16_ok = torch.cuda.is_bf16_supported()
     if args.fp16 and bf16_ok:
-        log.warning("notice: fp16 loses loss precision (loss 0 / NaN); this GPU supports bf16, which is used instead")
+        log.warning(
+            "notice: fp16 loses loss precision (loss 0 / NaN); this GPU supports bf16, which is used instead"
+        )
         return True, False
     if args.bf16 and not bf16_ok:
         raise WenzhenError("this GPU has no bf16 support; set training_args.fp16: true instead of bf16")
@@ -173,7 +177,9 @@ def read_split(data_dir: Path, name: str | None, split: str, required: bool) -> 
     path = data_dir / name
     if not path.is_file():
         if required:
-            raise WenzhenError(f"{path} does not exist; DATA_DIR must hold the {split} file named in data_config")
+            raise WenzhenError(
+                f"{path} does not exist; DATA_DIR must hold the {split} file named in data_config"
+            )
         log.warning("notice: no %s file %s; training without evaluation", split, path)
         return None
     return read_jsonl(path)
@@ -238,7 +244,12 @@ def encode_splits(
     dev_rows = read_split(data_dir, data.val_file, "dev", required=False)
     reports = {}
     train_samples, reports["train"] = encode_rows(
-        train_rows, loaded.family, loaded.tokenizer, config.max_length, config.truncation, source=data.train_file
+        train_rows,
+        loaded.family,
+        loaded.tokenizer,
+        config.max_length,
+        config.truncation,
+        source=data.train_file,
     )
     if not train_samples:
         problems = "; ".join(reports["train"].problems[:3])
@@ -246,7 +257,12 @@ def encode_splits(
     dev_samples: list[EncodedSample] = []
     if dev_rows:
         dev_samples, reports["dev"] = encode_rows(
-            dev_rows, loaded.family, loaded.tokenizer, config.max_length, config.truncation, source=str(data.val_file)
+            dev_rows,
+            loaded.family,
+            loaded.tokenizer,
+            config.max_length,
+            config.truncation,
+            source=str(data.val_file),
         )
         limit = config.training_args.max_eval_samples
         dev_samples = dev_samples[:limit] if limit else dev_samples
@@ -266,11 +282,17 @@ def prepare_model(loaded: Any, config: TrainConfig) -> torch.nn.Module:
     """Apply the tuning method to the loaded base model."""
     model: PreTrainedModel = loaded.model
     model.config.use_cache = False  # a KV cache in training would also switch off packed-sequence masking
+    method = METHODS.get(config.method_name)
     if config.training_args.gradient_checkpointing:
+        if not method.supports_gradient_checkpointing:
+            raise WenzhenError(
+                f"{method.name} cannot use gradient checkpointing (peft passes its prefixes through the KV cache); "
+                "set training_args.gradient_checkpointing: false"
+            )
         enable_gradient_checkpointing(model)
     # Adapter initialisation draws random numbers: seed first so reruns and resumed runs start identically.
     set_seed(config.training_args.seed)
-    prepared = METHODS.get(config.method_name).prepare(model, config, loaded.family)
+    prepared = method.prepare(model, config, loaded.family)
     prepared.train()
     return prepared
 
@@ -345,14 +367,18 @@ def train(
     output_dir = Path(config.training_args.output_dir)
     resume_from = resolve_resume(output_dir, resume)
     if resume and resume.strip().lower() == "yes" and resume_from is None:
-        log.warning("notice: AUTO_RESUME yes but %s has no checkpoint yet; starting from the beginning", output_dir)
+        log.warning(
+            "notice: AUTO_RESUME yes but %s has no checkpoint yet; starting from the beginning", output_dir
+        )
 
     loaded = method.load(model_dir, device, config)
     train_samples, dev_samples, reports = encode_splits(data_dir, config, loaded)
     model = prepare_model(loaded, config)
     packed = config.packing and method.supports_packing
     if config.packing and not packed:
-        log.warning("notice: %s feeds its prefix through the KV cache; training on padded batches", method.name)
+        log.warning(
+            "notice: %s feeds its prefix through the KV cache; training on padded batches", method.name
+        )
     if config.training_args.predict_with_generate:
         log.warning(
             "notice: generation metrics are computed by `wenzhen eval gen` on a saved checkpoint; "
@@ -411,5 +437,3 @@ def prepare_output_dir(
         ),
     )
     write_json(output_dir / ENCODING_FILE, {split: report.as_dict() for split, report in reports.items()})
-
-
