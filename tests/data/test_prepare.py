@@ -1,0 +1,237 @@
+"""End to end through the CLI: invariant, splits, rejects, determinism, atomic output, shipped config."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from wenzhen.cli import main
+from wenzhen.config import load_yaml_config
+from wenzhen.data import DataConfig, prepare, sample_corpus_paths
+from wenzhen.errors import WenzhenError
+
+REPO = Path(__file__).resolve().parents[2]
+TRAINING_CORPORA = [
+    "toyhom-chinese-medical-dialogue",
+    "huatuo-llama-med-chinese",
+    "medicalgpt-medical-sample",
+    "disc-med-sft-sample",
+    "bianque-cmedialog-example",
+    "cmb-clin",
+    "zhongjing-eval",
+]
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def check_outputs(out: Path) -> dict:
+    """The invariant, the official format, and one split per question."""
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["read"] == report["kept"] + report["duplicates"] + report["rejected"]
+    assert sum(report["rejected_by_reason"].values()) == report["rejected"]
+    rejects = read_lines(out / "rejects.jsonl")
+    assert len(rejects) == report["rejected"]
+    assert all({"source", "line", "reason", "raw"} <= set(r) for r in rejects)
+    questions: dict[tuple, str] = {}
+    for split in ("train", "dev", "test"):
+        rows = read_lines(out / f"{split}.jsonl")
+        assert len(rows) == report["splits"][split]
+        for row in rows:
+            turns = row["conversations"]
+            assert {t["role"] for t in turns} <= {"system", "user", "assistant"} and turns[-1][
+                "role"
+            ] == "assistant"
+            key = tuple(t["content"] for t in turns if t["role"] == "user")
+            assert questions.setdefault(key, split) == split, f"question in two splits: {key[0][:30]}"
+    assert sum(report["splits"].values()) == report["kept"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    return report
+
+
+@pytest.mark.slow
+def test_every_training_corpus_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    inputs = [str(shared_dir / "data" / name) for name in TRAINING_CORPORA]
+    assert main(["data", "prepare", *inputs, "--out", str(out), "--no-progress"]) == 0
+    report = check_outputs(out)
+    by_input = {Path(i["path"]).name: i for i in report["inputs"]}
+    assert by_input["样例_内科5000-6000.csv"]["read"] == 7644
+    assert by_input["CMtMedQA_test.json"]["read"] == 1144 and by_input["cmd_samples.json"]["kept"] == 120
+    # DISC's three conversations ending on a user turn are trimmed (the default rule), not lost; one opens with '无'.
+    assert by_input["test_examples.jsonl"]["kept"] == 162 and report["cleaning"]["ending.trimmed"] >= 3
+    rejects = read_lines(out / "rejects.jsonl")
+    assert [r["reason"] for r in rejects if r["source"].endswith("test_examples.jsonl")] == [
+        "placeholder_question"
+    ]
+
+
+def test_toyhom_counts_and_rejects(shared_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "toyhom"
+    source = shared_dir / "data" / "toyhom-chinese-medical-dialogue" / "样例_内科5000-6000.csv"
+    report = prepare([source], out, DataConfig(progress=False))
+    check_outputs(out)
+    assert report["read"] == 7644
+    assert report["duplicates"] >= 378  # the exact duplicate rows, plus rows equal after cleaning
+    assert report["cleaning"]["placeholders.replaced_by_title"] == 6  # the six '无' questions
+    assert report["cleaning"]["ads.removed"] >= 10
+    kept_text = (out / "train.jsonl").read_text(encoding="utf-8") + (out / "dev.jsonl").read_text(
+        encoding="utf-8"
+    )
+    kept_text += (out / "test.jsonl").read_text(encoding="utf-8")
+    assert "点击我实施在线交流" not in kept_text
+    assert '\\"乙肝两对半\\",\\"肝功能\\"' in kept_text  # a quoted field with commas survived intact
+    assert set(report["departments"]) == {"肝病科", "消化科", "神经科", "心血管科", "内分泌科", "呼吸科", "肾内科",
+                                          "感染科", "血液科", "普通内科", "风湿免疫科"}  # fmt: skip
+
+
+def test_disc_ending_rule_drop(shared_dir: Path, tmp_path: Path) -> None:
+    config = DataConfig(progress=False, cleaning={"ending": "drop"})
+    report = prepare(
+        [shared_dir / "data" / "disc-med-sft-sample" / "test_examples.jsonl"], tmp_path / "o", config
+    )
+    assert report["rejected_by_reason"] == {"ends_on_user_turn": 3, "placeholder_question": 1}
+
+
+def test_sample_corpus_is_deterministic_and_counts_splits(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    report = prepare(sample_corpus_paths(), first, DataConfig(progress=False, split={"dev": 5, "test": 5}))
+    prepare(sample_corpus_paths(), second, DataConfig(progress=False, split={"dev": 5, "test": 5}))
+    check_outputs(first)
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "rejects.jsonl"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    assert report["splits"]["dev"] == 5 and report["splits"]["test"] == 5
+    assert report["duplicates"] == 1 and report["cleaning"]["mask_pii.phone"] == 1
+    other = prepare(sample_corpus_paths(), tmp_path / "c", DataConfig(progress=False, seed=7))
+    assert (tmp_path / "c" / "dev.jsonl").read_bytes() != (first / "dev.jsonl").read_bytes() or other[
+        "kept"
+    ] < 20
+
+
+def test_system_prompt_and_length_limits(tmp_path: Path) -> None:
+    config = DataConfig(progress=False, system_prompt="你是医生。", length={"max_assistant": 100})
+    report = prepare(sample_corpus_paths(), tmp_path / "o", config)
+    check_outputs(tmp_path / "o")
+    first = read_lines(tmp_path / "o" / "train.jsonl")[0]["conversations"][0]
+    assert first == {"role": "system", "content": "你是医生。"}
+    assert report["rejected_by_reason"]["too_long_answer"] > 0
+    assert all(r["reason"] == "too_long_answer" for r in read_lines(tmp_path / "o" / "rejects.jsonl"))
+
+
+def test_token_lengths_with_the_chatglm3_tokenizer(chatglm3_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    code = main(["data", "prepare", *map(str, sample_corpus_paths()), "--out", str(out), "--no-progress",
+                 "--tokenizer", str(chatglm3_dir / "tiny-chatglm3")])  # fmt: skip
+    assert code == 0
+    length = json.loads((out / "report.json").read_text(encoding="utf-8"))["length"]
+    assert length["unit"] == "tokens" and length["counter"].startswith("sentencepiece (verified")
+    chars = prepare(sample_corpus_paths(), tmp_path / "c", DataConfig(progress=False))["length"]
+    assert 0 < length["assistant"]["p50"] < chars["assistant"]["p50"]
+
+
+def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert (
+        main(["data", "prepare", *map(str, sample_corpus_paths()), "--out", str(out), "--no-progress"]) == 2
+    )
+    assert "--force" in capsys.readouterr().err and (out / "mine.txt").exists()
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                *map(str, sample_corpus_paths()),
+                "--out",
+                str(out),
+                "--force",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert not (out / "mine.txt").exists() and (out / "train.jsonl").exists()
+
+
+def test_interrupted_run_leaves_no_partial_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wenzhen.data import cleaning
+
+    calls = Counter[str]()
+    original = cleaning.Cleaner.clean
+
+    def interrupt_midway(self: cleaning.Cleaner, record: object) -> str | None:
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise KeyboardInterrupt
+        return original(self, record)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cleaning.Cleaner, "clean", interrupt_midway)
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                *map(str, sample_corpus_paths()),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+            ]
+        )
+        == 130
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_file_stops_before_any_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "data.json"
+    bad.write_text('{"foo": "bar"}', encoding="utf-8")
+    assert (
+        main(["data", "prepare", *map(str, sample_corpus_paths()), str(bad), "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert "data.json" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_too_many_dev_examples_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(WenzhenError, match="exceed"):
+        prepare(
+            sample_corpus_paths(), tmp_path / "o", DataConfig(progress=False, split={"dev": 60, "test": 60})
+        )
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_config_loads_and_runs(tmp_path: Path) -> None:
+    config = load_yaml_config(DataConfig, REPO / "configs" / "data.yaml")
+    assert config.cleaning.ads.patterns == ["本院专家团队"] and config.system_prompt
+    config.progress = False
+    report = prepare(sample_corpus_paths(), tmp_path / "o", config)
+    assert report["kept"] > 60
+
+
+def test_config_typos_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("cleaning:\n  strip_htm: true\n", encoding="utf-8")
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                *map(str, sample_corpus_paths()),
+                "--out",
+                str(tmp_path / "o"),
+                "--config",
+                str(path),
+            ]
+        )
+        == 2
+    )
+
+
+def test_help_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--help"])
+    text = capsys.readouterr().out
+    assert "rejects.jsonl" in text and "toyhom-csv" in text and "--force" in text
