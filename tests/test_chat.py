@@ -113,12 +113,16 @@ def test_terminal_session_streams_keeps_history_and_honours_commands(chatglm3_di
     assert child.exitstatus == 0
 
 
-def test_one_shot_prints_one_answer(chatglm3_dir):
+def test_one_shot_prints_one_answer_with_an_official_adapter(chatglm3_dir):
     import subprocess
 
-    model = str(chatglm3_dir / "tiny-chatglm3")
+    model = [
+        str(chatglm3_dir / "tiny-chatglm3"),
+        "--adapter",
+        str(chatglm3_dir / "tiny-chatglm3-lora-adapter"),
+    ]
     done = subprocess.run(
-        [str(WENZHEN), "chat", model, "--prompt", "我头痛", "--temperature", "0", "--max-new-tokens", "6"],
+        [str(WENZHEN), "chat", *model, "--prompt", "我头痛", "--temperature", "0", "--max-new-tokens", "6"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,6 +1,7 @@
 """`wenzhen merge`: the merged directory reproduces base + adapter (official reference logits), in both layouts."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,12 +52,40 @@ def max_reference_error(model: torch.nn.Module, reference: dict[str, torch.Tenso
     return worst
 
 
+def training_run_with_eval(official_adapter: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The adapter inside a training run folder (run.json naming a base on another machine, summary.json) and an
+    eval run folder with a report."""
+    from wenzhen.evaluate.report import DataInfo, EvalReport, write_report
+    from wenzhen.runinfo import RunInfo, write_run_info
+
+    run = tmp_path / "run"
+    shutil.copytree(official_adapter, run / "final")
+    write_run_info(
+        run,
+        RunInfo(
+            stage="train",
+            base_model="/elsewhere/chatglm3-6b",
+            config={"lr": 1e-4},
+            extra={"data_dir": "/d/med"},
+        ),
+    )
+    (run / "summary.json").write_text(json.dumps({"steps": 30, "final_loss": 1.25, "final_eval_loss": 1.5}))
+    evaluation = tmp_path / "eval"
+    data = DataInfo(path="/d/med/test.jsonl", sha256="0", n_available=10, n_evaluated=10, selection="all")
+    report = EvalReport(
+        kind="gen", label="merged", model="m", data=data, metrics={"rouge-l": 21.5}, metric_definitions={}
+    )
+    write_report(evaluation, report, "")
+    return run / "final", evaluation
+
+
 def test_official_adapter_merges_to_reference_logits_with_plain_transformers(
     tiny, official_adapter, reference, tmp_path, capsys
 ):
     out = tmp_path / "merged"
-    args = ["merge", str(official_adapter), "--out-dir", str(out), "--base", str(tiny), "--dtype", "fp32"]
-    assert main(args) == 0
+    adapter, evaluation = training_run_with_eval(official_adapter, tmp_path)
+    args = ["merge", str(adapter), "--out-dir", str(out), "--base", str(tiny), "--dtype", "fp32"]
+    assert main([*args, "--eval", str(evaluation)]) == 0
     assert "verified: max |logit diff|" in capsys.readouterr().out
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert type(model).__name__ == "GlmForCausalLM"
@@ -71,7 +100,10 @@ def test_official_adapter_merges_to_reference_logits_with_plain_transformers(
     ]
     assert list(templated) == loaded.family.encode_prompt(loaded.tokenizer, messages)
     card = (out / "README.md").read_text()
-    assert str(official_adapter) in card and str(tiny) in card and "r=8, alpha=32" in card
+    assert str(adapter) in card and str(tiny) in card and "r=8, alpha=32" in card
+    assert (
+        "`/d/med`" in card and "final eval loss 1.5" in card and "| gen | merged | rouge-l | 21.5 |" in card
+    )
     run = json.loads((out / "run.json").read_text())
     assert run["stage"] == "merge" and run["extra"]["verification"]["max_abs_logit_diff"] <= TOLERANCE
 
@@ -111,8 +143,15 @@ def test_own_native_adapter_matches_peft_merge_in_small_shards(tiny, tmp_path):
         expected = peft_model.merge_and_unload()(ids).logits
     for layout in ("hf", "chatglm3"):
         out = tmp_path / layout
+        # verify=False: the comparison with peft's own merge below is the stronger check here.
         report = merge(
-            adapter, out, base=converted, dtype="fp32", export_format=layout, max_shard_bytes=200_000
+            adapter,
+            out,
+            base=converted,
+            dtype="fp32",
+            export_format=layout,
+            max_shard_bytes=200_000,
+            verify=False,
         )
         assert report.shards > 3 and report.merged_weights == 6
         merged = load_model(out, dtype="fp32", device="cpu").model
@@ -182,3 +221,45 @@ def test_chatglm3_layout_needs_a_chatglm3_base(tmp_path):
     context = ExportContext(tmp_path, HFChatFamily(), torch.float32, official_base=False)
     with pytest.raises(WenzhenError, match="--format hf"):
         EXPORT_FORMATS.get("chatglm3").check(context)
+
+
+def test_hf_family_adapter_with_embedding_lora_and_modules_to_save(chatglm3_dir, tmp_path):
+    """A generic (non-ChatGLM3) chat model: LoRA on the embedding and on linear layers, a trained full copy of the
+    final norm (modules_to_save); the merge equals peft's and passes its own verification."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base_dir = tmp_path / "llama"
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=65024,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(base_dir)
+    load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu").tokenizer.save_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=16,
+        target_modules=["q_proj", "down_proj", "embed_tokens"],
+        modules_to_save=["model.norm"],
+        init_lora_weights=False,
+    )
+    peft_model = get_peft_model(base, lora)
+    with torch.no_grad():
+        peft_model.base_model.model.model.norm.modules_to_save["default"].weight.mul_(1.5)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    ids = torch.tensor([[64790, 64792, 64795, 30910, 13, 34211, 64796]])
+    with torch.no_grad():
+        expected = peft_model.merge_and_unload()(ids).logits
+    report = merge(adapter, tmp_path / "merged", base=base_dir, dtype="fp32")
+    assert load_model(tmp_path / "merged", dtype="fp32", device="cpu").family.name == "hf"
+    assert report.merged_weights == 2 * 2 + 1 + 1 and report.verification is not None
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    with torch.no_grad():
+        assert (merged(ids).logits - expected).abs().max() <= TOLERANCE

@@ -74,18 +74,18 @@ class LoraUpdate:
 
     def apply(self, weight: torch.Tensor) -> torch.Tensor:
         """The merged weight in fp32."""
-        if self.replacement is not None:
-            return self.replacement.float()
-        assert self.lora_a is not None and self.lora_b is not None
+        merged = (self.replacement if self.replacement is not None else weight).float()
+        if self.lora_a is None or self.lora_b is None:
+            return merged
         delta = self.lora_b.float() @ self.lora_a.float()
         if self.transpose:
             delta = delta.T
-        if delta.shape != weight.shape:
+        if delta.shape != merged.shape:
             raise WenzhenError(
                 f"adapter update of shape {tuple(delta.shape)} does not fit a base weight of shape "
-                f"{tuple(weight.shape)}; pass the --base the adapter was trained on"
+                f"{tuple(merged.shape)}; pass the --base the adapter was trained on"
             )
-        return weight.float() + self.scaling * delta
+        return merged + self.scaling * delta
 
 
 @dataclass
@@ -205,10 +205,11 @@ def lora_updates(adapter_config: dict[str, Any], state: dict[str, torch.Tensor])
         else:
             if ".lora_" in name:
                 raise WenzhenError(f"adapter tensor {key} is of a LoRA kind merge does not support")
-            # modules_to_save: a full trained copy that replaces the base tensor.
-            updates.setdefault(name, LoraUpdate()).replacement = tensor
+            # A full copy that replaces the base tensor: modules_to_save, or the base layer itself, which peft
+            # saves (`<module>.base_layer.weight`) when it adapts embeddings, in case the vocabulary was resized.
+            updates.setdefault(name.replace(".base_layer.", "."), LoraUpdate()).replacement = tensor
     for name, update in updates.items():
-        if update.replacement is not None:
+        if update.lora_a is None and update.lora_b is None:
             continue
         if update.lora_a is None or update.lora_b is None:
             raise WenzhenError(
@@ -753,7 +754,6 @@ def merge(
         )
         report.notes = layout.write_metadata(staging, context)
         del updates
-        gc.collect()
         if verify:
             report.verification = verify_merge(
                 adapter, base_dir, staging, layout, torch_dtype, parameters, verify_device, tolerance
