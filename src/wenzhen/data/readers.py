@@ -174,9 +174,9 @@ def _read_toyhom_csv(path: Path, encoding: str) -> Iterator[Record]:
         if error is not None or not isinstance(row, list):
             yield Record(source, line, row, error=error)
             continue
+        if not row:
+            continue  # a blank line is not a record
         if len(row) != width:
-            if not any(field.strip() for field in row):
-                continue  # a blank line is not a record
             yield Record(source, line, row, error=f"wrong_field_count: {len(row)} fields, header has {width}")
             continue
         department, title, ask, answer = (row[i] for i in index)

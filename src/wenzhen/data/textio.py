@@ -31,7 +31,8 @@ def detect_encoding(path: Path) -> str:
         head = handle.read(HEAD_BYTES)
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
-    if b"\x00" in head:
+    # Text corpora hold no NUL bytes; binaries and UTF-16 are full of them (one stray NUL is a record's problem).
+    if head.count(b"\x00") > len(head) // 100 + 1:
         raise WenzhenError(f"{path} is a binary file, not a text corpus (first bytes: {head[:24]!r})")
     for encoding in ("utf-8", "gb18030"):
         decoder = codecs.getincrementaldecoder(encoding)()
