@@ -3,6 +3,7 @@
 import io
 import re
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -77,7 +78,7 @@ def test_repl_commands_in_process(engine):
 
 
 def test_terminal_session_streams_keeps_history_and_honours_commands(chatglm3_dir):
-    command = [str(chatglm3_dir / "tiny-chatglm3"), "--temperature", "0", "--max-new-tokens", "6"]
+    command = [str(chatglm3_dir / "tiny-chatglm3"), "--temperature", "0", "--max-new-tokens", "120"]
     child = pexpect.spawn(str(WENZHEN), ["chat", *command, "--dtype", "fp32"], encoding="utf-8", timeout=120)
     try:
         child.expect_exact(safety.DISCLAIMER)
@@ -91,6 +92,17 @@ def test_terminal_session_streams_keeps_history_and_honours_commands(chatglm3_di
             child.expect_exact("用户> ")
             return prompt, answer
 
+        # Streaming: with a long answer the first characters arrive well before the closing stats line.
+        child.sendline("请详细说说感冒")
+        child.expect_exact("助手> ")
+        child.read_nonblocking(size=1, timeout=60)
+        first_text = time.monotonic()
+        child.expect(STATS)
+        assert int(child.match.group(2)) == 120 and time.monotonic() - first_text > 0.3
+        child.expect_exact("用户> ")
+        child.sendline("/system")
+        child.expect_exact("[system prompt removed; conversation cleared]")
+        child.expect_exact("用户> ")
         first_prompt, first_answer = ask("我头痛")
         second_prompt, _ = ask("我头痛")
         # The second prompt carries the first question and answer: the history is kept.
@@ -105,7 +117,7 @@ def test_terminal_session_streams_keeps_history_and_honours_commands(chatglm3_di
         child.sendline("/system 你是医生")
         child.expect_exact("[system prompt set; conversation cleared]")
         child.expect_exact("用户> ")
-        assert ask("我头痛")[0] < first_prompt  # the short system prompt replaced the long default one
+        assert ask("我头痛")[0] > first_prompt  # the new system prompt leads the conversation
         child.sendline("/exit")
         child.expect(pexpect.EOF)
     finally:
