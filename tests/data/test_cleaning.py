@@ -92,10 +92,9 @@ def test_merge_and_ending_rules() -> None:
     )
 
 
-def test_cleaner_rejects_empty_answers_and_bad_bytes() -> None:
+def test_cleaner_rejects_empty_answers_and_misplaced_system_turns() -> None:
     cleaner = Cleaner(CleaningConfig())
     assert cleaner.clean(record(("user", "头疼怎么办"), ("assistant", "  \u3000 "))) == "empty_answer"
-    assert cleaner.clean(record(("user", "头疼\udcb8怎么办"), ("assistant", "休息"))) == "undecodable_bytes"
     assert (
         cleaner.clean(record(("user", "头疼"), ("system", "你是医生"), ("assistant", "休息")))
         == "misplaced_system_turn"

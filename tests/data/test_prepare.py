@@ -235,3 +235,19 @@ def test_help_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
         main(["data", "prepare", "--help"])
     text = capsys.readouterr().out
     assert "rejects.jsonl" in text and "toyhom-csv" in text and "--force" in text
+
+
+def test_a_bad_byte_rejects_one_record(tmp_path: Path) -> None:
+    source = tmp_path / "dirty.csv"
+    good = "内科,头痛怎么办,最近总是头痛,注意休息，必要时就医。\n".encode("gb18030")
+    bad = "内科,发热,发热两天".encode("gb18030") + b"\xff\xff" + ",多喝水。\n".encode("gb18030")
+    source.write_bytes(
+        "department,title,ask,answer\n".encode("gb18030")
+        + good
+        + bad
+        + good.replace("头痛".encode("gb18030"), "咳嗽".encode("gb18030"))
+    )
+    report = prepare([source], tmp_path / "o", DataConfig(progress=False))
+    assert (report["read"], report["kept"], report["rejected_by_reason"]) == (3, 2, {"undecodable_bytes": 1})
+    reject = read_lines(tmp_path / "o" / "rejects.jsonl")[0]
+    assert reject["line"] == 3 and "\\udcff" in (tmp_path / "o" / "rejects.jsonl").read_text(encoding="utf-8")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wenzhen.data.records import BadRecord, Message, Record
-from wenzhen.data.textio import detect_encoding, iter_csv_rows, iter_json_records, read_head
+from wenzhen.data.textio import detect_encoding, iter_csv_rows, iter_json_records, open_text, read_head
 from wenzhen.errors import WenzhenError
 from wenzhen.registry import Registry
 
@@ -215,7 +215,7 @@ def _read_toyhom_txt(path: Path, encoding: str) -> Iterator[Record]:
     """
     source = str(path)
     department = _department(path.stem)
-    with open(path, encoding=encoding, errors="surrogateescape") as handle:
+    with open_text(path, encoding) as handle:
         block: list[str] = []
         start, blanks = 1, 0
         for number, line in enumerate(handle, start=1):

@@ -17,15 +17,35 @@ from wenzhen.errors import WenzhenError
 
 HEAD_BYTES = 1 << 20
 JSON_CHUNK = 1 << 20
-# Undecodable bytes become lone surrogates (surrogateescape) so one bad byte rejects one record, not the run.
-DECODE_ERRORS = "surrogateescape"
+# Undecodable bytes become lone surrogates (as with surrogateescape) so one bad byte rejects one record, not the
+# run. The handler also counts them, so records need scanning for surrogates only once a decode error happened.
+DECODE_ERRORS = "wenzhen-surrogateescape"
+_DECODE_ERRORS_SEEN = [0]
+_surrogateescape = codecs.lookup_error("surrogateescape")
+
+
+def _count_and_escape(error: UnicodeError) -> tuple[str | bytes, int]:
+    _DECODE_ERRORS_SEEN[0] += 1
+    return _surrogateescape(error)
+
+
+codecs.register_error(DECODE_ERRORS, _count_and_escape)
+
+
+def undecodable_seen() -> bool:
+    """Whether any input decoded so far (in this process) had bytes its encoding could not decode."""
+    return _DECODE_ERRORS_SEEN[0] > 0
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 def detect_encoding(path: Path) -> str:
     """The text encoding of `path`: UTF-8 (with or without BOM) or GB18030, judged on the first megabyte.
 
-    GB18030 is a superset of GBK and GB2312, so Toyhom's files (which strict GB2312 cannot read) decode fully.
+    GB18030 is a superset of GBK and GB2312, so Toyhom's files (which strict GB2312 cannot read) decode fully. A
+    few undecodable bytes (at most one in 10,000) are tolerated: those records are rejected, the rest are read.
     """
     with open(path, "rb") as handle:
         head = handle.read(HEAD_BYTES)
@@ -34,17 +54,20 @@ def detect_encoding(path: Path) -> str:
     # Text corpora hold no NUL bytes; binaries and UTF-16 are full of them (one stray NUL is a record's problem).
     if head.count(b"\x00") > len(head) // 100 + 1:
         raise WenzhenError(f"{path} is a binary file, not a text corpus (first bytes: {head[:24]!r})")
-    for encoding in ("utf-8", "gb18030"):
-        decoder = codecs.getincrementaldecoder(encoding)()
-        try:
-            decoder.decode(head, final=len(head) < HEAD_BYTES)
-        except UnicodeDecodeError:
-            continue
+    complete = len(head) < HEAD_BYTES
+    bad_bytes = {encoding: _undecodable_bytes(head, encoding, complete) for encoding in ("utf-8", "gb18030")}
+    encoding = min(bad_bytes, key=lambda name: bad_bytes[name])
+    if bad_bytes[encoding] <= 2 + len(head) // 10_000:
         return encoding
     raise WenzhenError(
         f"{path}: cannot tell its text encoding (neither UTF-8 nor GB18030; first bytes: {head[:24]!r}); "
         "convert it to UTF-8"
     )
+
+
+def _undecodable_bytes(head: bytes, encoding: str, complete: bool) -> int:
+    text = codecs.getincrementaldecoder(encoding)("surrogateescape").decode(head, final=complete)
+    return len(_UNDECODABLE.findall(text))
 
 
 def open_text(path: Path, encoding: str) -> IO[str]:
@@ -56,9 +79,6 @@ def read_head(path: Path, encoding: str, size: int = 64 * 1024) -> str:
     """The first `size` characters of the file."""
     with open_text(path, encoding) as handle:
         return handle.read(size)
-
-
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 def has_undecodable(text: str) -> bool:
