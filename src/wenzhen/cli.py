@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "wenzhen.evaluate.commands",
     "wenzhen.export_commands",
     "wenzhen.chat_commands",
+    "wenzhen.serve.commands",
 ]
 
 

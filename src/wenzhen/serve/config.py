@@ -1,0 +1,53 @@
+"""Typed configuration of the web UI and the API (`--config FILE.yaml`; every key has a default)."""
+
+from pydantic import Field
+
+from wenzhen.config import StrictModel
+from wenzhen.generation import GenerationSettings
+from wenzhen.safety import SafetyConfig
+
+
+class ApiLimits(StrictModel):
+    """What one request may ask for, and how many generations run at once."""
+
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    max_messages: int = Field(100, ge=1, description="more messages in one request get 400")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="longer prompts get 400; null = the model's context minus max_tokens"
+    )
+    max_tokens: int = Field(2048, ge=1, description="a larger max_tokens gets 400")
+    default_max_tokens: int = Field(512, ge=1, description="used when the request gives no max_tokens")
+    max_concurrent: int = Field(1, ge=1, description="generations running at once")
+    max_queue: int = Field(8, ge=0, description="requests waiting for a slot; more get 429")
+
+
+class ApiConfig(StrictModel):
+    """`wenzhen api` settings."""
+
+    model_name: str | None = Field(
+        None, description="the id clients send as `model`; default: the folder name"
+    )
+    api_key_env: str = Field(
+        "WENZHEN_API_KEY", description="environment variable holding the bearer token; unset = no auth"
+    )
+    limits: ApiLimits = Field(default_factory=ApiLimits)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+
+
+class WebConfig(StrictModel):
+    """`wenzhen web` settings."""
+
+    title: str = "问诊 wenzhen · 医疗咨询"
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    max_tool_rounds: int = Field(3, ge=1, le=10, description="tool calls the model may chain per question")
+    examples: list[str] = Field(
+        default_factory=lambda: [
+            "最近总是失眠，白天没精神，该怎么调理？",
+            "孩子3岁，发烧38.5度，精神还好，需要去医院吗？",
+            "胃溃疡的人可以吃布洛芬吗？",
+            "体检发现尿酸偏高，饮食上要注意什么？",
+            "我爸突然胸口剧痛，满头大汗，怎么办？",
+        ]
+    )
