@@ -139,6 +139,8 @@ def test_official_lora_config_through_the_cli_on_tiny_chatglm3(
             "2",
             "--set",
             "training_args.dataloader_num_workers=0",
+            "--set",
+            "training_args.generation_config.max_new_tokens=8",  # the tiny model's context is 512 tokens
             "--learning-rate",
             "0.05",
         ]
@@ -188,3 +190,21 @@ def test_qlora_without_a_gpu_says_what_it_needs(data_dir: Path, tiny_llama_dir: 
 def test_missing_train_file_is_a_clear_error(tiny_llama_dir: Path, tmp_path: Path):
     with pytest.raises(WenzhenError, match=r"train\.json does not exist"):
         train(tmp_path, tiny_llama_dir, config(tmp_path / "run"))
+
+
+def test_predict_with_generate_scores_dev_answers_even_when_they_are_empty(
+    data_dir: Path, tiny_llama_dir: Path, tmp_path: Path
+):
+    out = tmp_path / "run"
+    cfg = config(
+        out,
+        training_args__max_steps=2,
+        training_args__save_steps=2,
+        training_args__predict_with_generate=True,
+    )
+    cfg.training_args.generation_config.max_new_tokens = 4
+    train(data_dir, tiny_llama_dir, cfg)
+    scored = [row for row in read_metrics(out / "metrics.jsonl") if "eval_n_samples" in row]
+    assert [row["step"] for row in scored] == [2]
+    assert scored[0]["eval_n_samples"] == 4 and "eval_rouge-l" in scored[0]
+    assert 0 <= scored[0]["eval_empty_predictions"] <= 4

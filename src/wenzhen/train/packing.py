@@ -35,10 +35,20 @@ class SampleDataset(torch.utils.data.Dataset):
         return {"input_ids": sample.input_ids, "labels": sample.labels}
 
 
-def make_collator(packed: bool, tokenizer: PreTrainedTokenizerBase) -> Any:
-    """The batch builder: flattened packed rows, or rows right-padded to the longest sample."""
+def make_collator(
+    packed: bool, tokenizer: PreTrainedTokenizerBase | None, flash_attention: bool = False
+) -> Any:
+    """The batch builder: flattened packed rows, or rows right-padded to the longest sample.
+
+    With flash-attention the packed batch also carries the sample boundaries (`cu_seq_lens_*`), so the kernel
+    need not recompute them from `position_ids` in every layer.
+    """
     if packed:
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+        return DataCollatorWithFlattening(
+            return_position_ids=True, separator_id=IGNORE, return_flash_attn_kwargs=flash_attention
+        )
+    if tokenizer is None:
+        raise ValueError("padded batches need the tokenizer's pad token")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Training pads on the right: left padding would shift every position of the short rows.

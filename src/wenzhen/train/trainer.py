@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from wenzhen.errors import WenzhenError
 from wenzhen.io import read_jsonl, write_json
+from wenzhen.models import LoadedModel
 from wenzhen.runinfo import RunInfo, write_run_info
 from wenzhen.train.callbacks import (
     CURVE_FILE,
@@ -44,6 +45,7 @@ from wenzhen.train.callbacks import (
 from wenzhen.train.checkpoints import STAGING, complete_checkpoints, publish, resolve_resume
 from wenzhen.train.config import TrainConfig
 from wenzhen.train.encoding import EncodedSample, EncodingReport, encode_rows
+from wenzhen.train.evaluation import DevGeneration
 from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing
 from wenzhen.train.packing import SampleDataset, make_collator
 
@@ -66,9 +68,27 @@ class TrainResult:
 
 
 class WenzhenTrainer(Trainer):
-    """`Trainer` with atomic checkpoints and a stop on non-finite values."""
+    """`Trainer` with atomic checkpoints, a stop on non-finite values and generation metrics on the dev split."""
 
     _staging = False
+    dev_generation: DevGeneration | None = None
+    chat_model: LoadedModel | None = None
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+    ) -> Any:
+        """Dev loss (every process), then generated answers scored on the main process."""
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if self.dev_generation is not None and self.chat_model is not None and self.args.should_save:
+            loaded = replace(self.chat_model, model=self.model)
+            scores = {
+                f"{metric_key_prefix}_{key}": value
+                for key, value in self.dev_generation.score(loaded).items()
+            }
+            self.log(scores)
+            metrics.update(scores)
+        self.accelerator.wait_for_everyone()
+        return metrics
 
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
@@ -278,6 +298,22 @@ def encode_splits(
     return train_samples, dev_samples, reports
 
 
+def choose_attention(model: PreTrainedModel, device: torch.device) -> str:
+    """flash-attention 2 on GPU where it is installed, else transformers' default (PyTorch SDPA).
+
+    Both honour packed `position_ids`: SDPA through a block-diagonal mask, flash-attention through
+    variable-length kernels, so packing never lets a token see another sample.
+    """
+    import importlib.util
+
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        try:
+            model.set_attn_implementation("flash_attention_2")
+        except (ImportError, ValueError) as exc:
+            log.warning("notice: flash-attention unavailable for this model (%s); using SDPA", str(exc)[:120])
+    return str(model.config._attn_implementation)
+
+
 def prepare_model(loaded: Any, config: TrainConfig) -> torch.nn.Module:
     """Apply the tuning method to the loaded base model."""
     model: PreTrainedModel = loaded.model
@@ -342,6 +378,7 @@ def summarise(
         "device": str(device),
         "world_size": trainer.args.world_size,
         "packing": packed,
+        "attention": str(trainer.model.config._attn_implementation),
         "final_dir": str(final),
     }
 
@@ -373,16 +410,12 @@ def train(
 
     loaded = method.load(model_dir, device, config)
     train_samples, dev_samples, reports = encode_splits(data_dir, config, loaded)
+    attention = choose_attention(loaded.model, device)
     model = prepare_model(loaded, config)
     packed = config.packing and method.supports_packing
     if config.packing and not packed:
         log.warning(
             "notice: %s feeds its prefix through the KV cache; training on padded batches", method.name
-        )
-    if config.training_args.predict_with_generate:
-        log.warning(
-            "notice: generation metrics are computed by `wenzhen eval gen` on a saved checkpoint; "
-            "training evaluates the dev loss"
         )
     args = build_training_arguments(config, output_dir, device, bool(dev_samples), config_dir)
     trainer = WenzhenTrainer(
@@ -390,10 +423,12 @@ def train(
         args=args,
         train_dataset=SampleDataset(train_samples),
         eval_dataset=SampleDataset(dev_samples) if dev_samples else None,
-        data_collator=make_collator(packed, loaded.tokenizer),
+        data_collator=make_collator(packed, loaded.tokenizer, flash_attention=attention.startswith("flash")),
         processing_class=loaded.tokenizer,
         callbacks=[ProgressBar(), MetricsLog(output_dir), *callbacks],
     )
+    trainer.dev_generation = dev_generation(data_dir, config, args, bool(dev_samples), loaded.model.config)
+    trainer.chat_model = loaded
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     if args.should_save:
@@ -413,6 +448,34 @@ def train(
         shutil.rmtree(output_dir / STAGING, ignore_errors=True)
         log.info("%s", format_summary(summary))
     return TrainResult(output_dir=output_dir, final_dir=final, summary=summary)
+
+
+def dev_generation(
+    data_dir: Path, config: TrainConfig, args: TrainingArguments, has_dev: bool, model_config: Any
+) -> DevGeneration | None:
+    """Dev prompts to answer at each evaluation when `predict_with_generate` is on (and the model is not sharded)."""
+    settings = config.training_args
+    if not (settings.predict_with_generate and has_dev and args.eval_strategy != "no"):
+        return None
+    if args.fsdp or args.deepspeed:
+        log.warning(
+            "notice: sharded models (FSDP/DeepSpeed) evaluate the dev loss only; run `wenzhen eval gen` after"
+        )
+        return None
+    context = int(getattr(model_config, "max_position_embeddings", 0) or 0)
+    if context and settings.generation_config.max_new_tokens + config.max_input_length > context:
+        raise WenzhenError(
+            f"training_args.generation_config.max_new_tokens ({settings.generation_config.max_new_tokens}) plus "
+            f"max_input_length ({config.max_input_length}) exceed the model's {context}-token context; lower them"
+        )
+    dev_file = data_dir / str(config.data_config.val_file)
+    return DevGeneration.from_rows(
+        read_jsonl(dev_file),
+        dev_file,
+        settings.max_eval_samples,
+        settings.generation_config,
+        args.per_device_eval_batch_size,
+    )
 
 
 def prepare_output_dir(
