@@ -1,0 +1,1 @@
+"""Serving: the Gradio consultation UI (`wenzhen web`), the OpenAI-compatible API (`wenzhen api`) and their tools."""

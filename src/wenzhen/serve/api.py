@@ -488,6 +488,11 @@ def create_app(
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return ApiError(400, str(exc.errors()[0].get("msg", exc))).response()
 
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return ApiError(500, f"internal error: {type(exc).__name__}", "server_error").response()
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
