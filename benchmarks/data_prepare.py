@@ -137,7 +137,9 @@ def main() -> None:
     ]
     if args.tokenizer:
         command += ["--tokenizer", args.tokenizer]
+    load_before = os.getloadavg()[0]
     finished = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, check=False)
+    load_after = os.getloadavg()[0]
     if finished.returncode:
         raise SystemExit(f"prepare failed:\n{finished.stderr[-3000:]}")
     measured = parse_time_v(finished.stderr)
@@ -148,6 +150,10 @@ def main() -> None:
         "corpus_rows": args.rows,
         "corpus_bytes": corpus.stat().st_size,
         **measured,
+        "prepare_seconds_inside": report["seconds"],
+        "main_process_peak_rss_mib": report["peak_rss_mib"],
+        "measure_worker_peak_rss_mib": report["length"].get("worker_peak_rss_mib"),
+        "load_average_1min": {"before": load_before, "after": load_after},
         "targets": {"wall_seconds": 60, "peak_rss_mib": 1024},
         "report": {
             key: report[key]
@@ -178,6 +184,12 @@ def main() -> None:
         f"| {args.rows:,} | {corpus.stat().st_size / 2**20:.0f} | {report['length']['unit']} | {measured['wall_seconds']:.1f} | "
         f"{measured['cpu_seconds']} | {measured['peak_rss_mib']} | {report['read']:,} | {report['kept']:,} | "
         f"{report['duplicates']:,} | {report['rejected']:,} |",
+        "",
+        f"Inside `prepare` (after imports): {report['seconds']:.1f} s. Peak RSS: main process "
+        f"{report['peak_rss_mib']} MiB, token-measuring worker {report['length'].get('worker_peak_rss_mib')} MiB "
+        "(/usr/bin/time reports the larger one). Token counter: "
+        f"{report['length'].get('counter', 'characters')}.",
+        f"1-minute load average before/after: {load_before:.1f} / {load_after:.1f} (other jobs share the 2 cores).",
         "",
         "Targets: <= 60 s wall, <= 1 GiB peak RSS.",
     ]

@@ -58,15 +58,15 @@ class TokenMeter(LengthMeter):
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         self._model_dir = str(path)
         self._counter: str | None = None
-        self._worker_peak_mib = 0.0
+        self._worker: dict[str, float] = {}
 
     def submit(self, texts: list[str]) -> "Future[list[int]]":
         outer: Future[list[int]] = Future()
         inner = self._pool.submit(_measure_in_worker, self._model_dir, texts)
 
-        def unpack(done: "Future[tuple[list[int], str, float]]") -> None:
+        def unpack(done: "Future[tuple[list[int], str, dict[str, float]]]") -> None:
             try:
-                lengths, self._counter, self._worker_peak_mib = done.result()
+                lengths, self._counter, self._worker = done.result()
             except BaseException as exc:
                 outer.set_exception(exc)
                 return
@@ -80,7 +80,8 @@ class TokenMeter(LengthMeter):
             "unit": self.unit,
             "measured_by": self.name,
             "counter": self._counter,
-            "worker_peak_rss_mib": round(self._worker_peak_mib, 1),
+            "worker_peak_rss_mib": round(self._worker.get("peak_rss_mib", 0.0), 1),
+            "worker_cpu_seconds": round(self._worker.get("cpu_s", 0.0), 1),
         }
 
     def close(self) -> None:
@@ -102,8 +103,8 @@ def token_meter(model_dir: str | Path) -> LengthMeter:
 _WORKER: dict[str, Any] = {}
 
 
-def _measure_in_worker(model_dir: str, texts: list[str]) -> tuple[list[int], str, float]:
-    """Runs in the worker: token counts of `texts`, the counter used, and the worker's peak RSS in MiB."""
+def _measure_in_worker(model_dir: str, texts: list[str]) -> tuple[list[int], str, dict[str, float]]:
+    """Runs in the worker: token counts of `texts`, the counter used, and the worker's peak RSS and CPU time."""
     if "count" not in _WORKER:
         _WORKER.update(_build_counters(model_dir))
     verify = _WORKER.pop("verify", None)
@@ -114,8 +115,12 @@ def _measure_in_worker(model_dir: str, texts: list[str]) -> tuple[list[int], str
             _WORKER["count"], _WORKER["counter"] = verify, f"sentencepiece (verified on {len(texts)} texts)"
         else:
             log.warning("SentencePiece counts differ from the tokenizer's; counting with the tokenizer")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return lengths, _WORKER["counter"], peak
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (
+        lengths,
+        _WORKER["counter"],
+        {"peak_rss_mib": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime},
+    )
 
 
 def _build_counters(model_dir: str) -> dict[str, Any]:

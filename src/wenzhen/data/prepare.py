@@ -93,6 +93,7 @@ class _Run:
         self.cleaner = Cleaner(config.cleaning)
         self.planner = SplitPlanner(config.split, config.seed)
         self.tally = Tally()
+        self.cpu_started = time.process_time()
         self.seen: set[int] = set()
         self.group_of_kept: list[int] = []
         self.department_of_group: dict[int, str] = {}
@@ -257,6 +258,7 @@ class _Run:
             },
             "config": self.config.model_dump(mode="json"),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "cpu_seconds": round(time.process_time() - self.cpu_started, 1),
             "seconds": round(seconds, 2),
             "records_per_second": round(totals["read"] / seconds, 1) if seconds else 0.0,
         }
