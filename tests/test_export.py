@@ -167,10 +167,13 @@ def test_default_bf16_merge_is_verified(tiny, official_adapter, tmp_path):
         assert handle.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
 
 
-def test_beyond_tolerance_fails_and_writes_nothing(tiny, official_adapter, tmp_path, capsys):
-    out = tmp_path / "strict"
-    args = ["merge", str(official_adapter), "--out-dir", str(out), "--base", str(tiny), "--dtype", "bf16"]
-    assert main([*args, "--tolerance", "1e-9"]) == 2
+def test_a_merge_that_loses_the_adapter_fails_verification_and_writes_nothing(
+    tiny, official_adapter, tmp_path, capsys, monkeypatch
+):
+    """Were the updates scaled to nothing, the merged model would be the base: the check must refuse it."""
+    monkeypatch.setattr("wenzhen.export.lora_scaling", lambda *args: 0.0)
+    out = tmp_path / "broken"
+    assert main(["merge", str(official_adapter), "--out-dir", str(out), "--base", str(tiny)]) == 2
     assert "verification failed" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 

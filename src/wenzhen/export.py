@@ -58,7 +58,7 @@ PROBE_CONVERSATIONS: list[list[dict[str, Any]]] = [
     ],
 ]
 #: Largest |merged - (base + adapter)| logit difference accepted, relative to max(1, largest |logit|), by the
-#: coarsest dtype involved (the export's weights or the verification's compute): its rounding, through every layer.
+#: coarsest dtype involved (the export's weights or the verification's compute); see `verify_merge`.
 RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -523,6 +523,11 @@ def probe_logits(
     return [model(torch.tensor([ids], device=device)).logits.float().cpu() for ids in prompts]
 
 
+def max_difference(left: list[torch.Tensor], right: list[torch.Tensor]) -> float:
+    """Largest absolute logit difference over the probe prompts."""
+    return max(float((a - b).abs().max()) for a, b in zip(left, right, strict=True))
+
+
 def verify_merge(
     adapter_dir: Path,
     base_dir: Path,
@@ -535,7 +540,11 @@ def verify_merge(
 ) -> dict[str, Any]:
     """Compare the merged model's logits with base + adapter on the probe prompts; raise beyond tolerance.
 
-    The reference is freed before the merged model is loaded, so memory holds one model at a time.
+    In fp32 the two agree to float noise. In bf16/fp16, rounding W + BA once instead of W alone moves logits by an
+    amount that depends on the model (measured 0.47 at logit scale 6.8 on a random 6B), so the limit also admits
+    twice what peft's own in-place merge moves them by in the same dtype; a dropped or wrong update moves them
+    by about the adapter's whole effect, which is reported beside. The reference is freed before the merged
+    model is loaded, so memory holds one model at a time.
     """
     torch_device = resolve_device(device)
     compute = verification_dtype(export_dtype, parameters, torch_device)
@@ -544,17 +553,19 @@ def verify_merge(
     expected = probe_logits(reference.model, prompts, torch_device)
     with reference.model.disable_adapter():
         base_only = probe_logits(reference.model, prompts, torch_device)
+    reference.model.merge_adapter()
+    peft_merged = probe_logits(reference.model, prompts, torch_device)
     del reference
     gc.collect()
     merged = layout.load_for_check(merged_dir, compute, torch_device)
     actual = probe_logits(merged, prompts, torch_device)
     del merged
     gc.collect()
-    difference = max(float((a - e).abs().max()) for a, e in zip(actual, expected, strict=True))
-    adapter_effect = max(float((e - b).abs().max()) for e, b in zip(expected, base_only, strict=True))
+    difference = max_difference(actual, expected)
+    rounding = max_difference(peft_merged, expected)
     scale = max(1.0, *(float(e.abs().max()) for e in expected))
     relative = max(RELATIVE_TOLERANCE[export_dtype], RELATIVE_TOLERANCE[compute])
-    limit = tolerance if tolerance is not None else relative * scale
+    limit = tolerance if tolerance is not None else max(relative * scale, 2 * rounding)
     argmax_agreement = sum(
         int((a.argmax(-1) == e.argmax(-1)).sum()) for a, e in zip(actual, expected, strict=True)
     ) / sum(len(p) for p in prompts)
@@ -565,17 +576,20 @@ def verify_merge(
         "device": str(torch_device),
         "max_abs_logit_diff": difference,
         "tolerance": limit,
-        "adapter_effect_max_abs_logit": adapter_effect,
+        "peft_merge_max_abs_logit_diff": rounding,
+        "adapter_effect_max_abs_logit": max_difference(expected, base_only),
+        "max_abs_logit": scale,
         "argmax_agreement": argmax_agreement,
     }
     log.info(
-        "verification: merged vs base + adapter max |logit diff| %.3g (tolerance %.3g, %s on %s); the adapter "
-        "itself moves logits by up to %.3g; argmax agreement %.1f%%",
+        "verification: merged vs base + adapter max |logit diff| %.3g (tolerance %.3g, %s on %s); peft's own "
+        "merge moves them by %.3g, the adapter itself by %.3g; argmax agreement %.1f%%",
         difference,
         limit,
         result["compute_dtype"],
         torch_device,
-        adapter_effect,
+        rounding,
+        result["adapter_effect_max_abs_logit"],
         100 * argmax_agreement,
     )
     if not difference <= limit:
