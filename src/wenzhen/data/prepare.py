@@ -226,9 +226,9 @@ class _Run:
                 handles[split].write(line)
                 per_department[department][split] += 1
         for name, index in self.department_index.items():
-            for split, count in zip(SPLITS, per_department[index], strict=True):
-                self.tally.by_department[name][split] = count
-                counts[split] += count
+            for split_name, count in zip(SPLITS, per_department[index], strict=True):
+                self.tally.by_department[name][split_name] = count
+                counts[split_name] += count
         os.unlink(self.staging / SPOOL)
         return counts
 
