@@ -100,6 +100,16 @@ def test_terminal_session_streams_keeps_history_and_honours_commands(chatglm3_di
         child.expect(STATS)
         assert int(child.match.group(2)) == 120 and time.monotonic() - first_text > 0.3
         child.expect_exact("用户> ")
+        # Ctrl-C stops an answer half-way and keeps the session.
+        child.sendline("再说说发烧")
+        child.expect_exact("助手> ")
+        child.read_nonblocking(size=1, timeout=60)
+        child.sendintr()
+        child.expect_exact("[stopped]")
+        child.expect_exact("用户> ")
+        child.sendline("/history")
+        child.expect_exact("用户> ")
+        assert "请详细说说感冒" in child.before and "再说说发烧" not in child.before
         child.sendline("/system")
         child.expect_exact("[system prompt removed; conversation cleared]")
         child.expect_exact("用户> ")
