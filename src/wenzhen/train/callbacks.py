@@ -30,6 +30,7 @@ class ProgressBar(TrainerCallback):
         self.bar: Any = None
         self.started = 0.0
         self.tokens_at_start = 0
+        self.postfix: dict[str, str] = {}
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -54,14 +55,16 @@ class ProgressBar(TrainerCallback):
             return
         elapsed = max(time.monotonic() - self.started, 1e-9)
         tokens = int(state.num_input_tokens_seen or 0) - self.tokens_at_start
-        postfix = {"tok/s": f"{tokens / elapsed:,.0f}"}
-        if "loss" in logs:
-            postfix["loss"] = f"{logs['loss']:.4f}"
-        if "eval_loss" in logs:
-            postfix["eval_loss"] = f"{logs['eval_loss']:.4f}"
-        if "learning_rate" in logs:
-            postfix["lr"] = f"{logs['learning_rate']:.2e}"
-        self.bar.set_postfix(postfix, refresh=True)
+        # Training and evaluation log separately; the bar keeps the latest value of each.
+        self.postfix["tok/s"] = f"{tokens / elapsed:,.0f}"
+        for key, label, style in (
+            ("loss", "loss", ".4f"),
+            ("eval_loss", "eval_loss", ".4f"),
+            ("learning_rate", "lr", ".2e"),
+        ):
+            if key in logs:
+                self.postfix[label] = format(logs[key], style)
+        self.bar.set_postfix(self.postfix, refresh=True)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
