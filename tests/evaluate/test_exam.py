@@ -9,6 +9,7 @@ import pytest
 from wenzhen.errors import WenzhenError
 from wenzhen.evaluate.exam import (
     LETTERS,
+    ModelLetterScorer,
     build_messages,
     letter_positions,
     load_exam,
@@ -148,3 +149,17 @@ def test_letter_positions_on_chatglm3_follow_the_official_format(chatglm3_dir: P
         engine.tokenizer.decode(prompt[len(generation_prompt) :]).strip() == ""
     )  # then the "\n" of the turn
     assert [engine.tokenizer.decode([letters[x]]).strip() for x in LETTERS] == list(LETTERS)
+
+
+def test_batched_scoring_equals_one_at_a_time(chatglm3_dir: Path, shared_dir: Path) -> None:
+    from wenzhen.evaluate.loading import ModelOptions, open_engine
+
+    engine = open_engine(chatglm3_dir / "tiny-chatglm3", ModelOptions(device="cpu", dtype="fp32"))
+    _, (subject,) = load_exam(shared_dir / "data/cmmlu-medical", ["anatomy"])
+    conversations = [
+        build_messages(q, subject.shots[:k]) for q, k in zip(subject.questions, (0, 5, 1), strict=False)
+    ]
+    batched = ModelLetterScorer(engine, batch_size=3)(conversations)  # prompts of very different lengths
+    alone = ModelLetterScorer(engine, batch_size=1)(conversations)
+    for together, single in zip(batched, alone, strict=True):
+        assert together == pytest.approx(single, abs=1e-4)

@@ -250,9 +250,14 @@ class ModelLetterScorer:
         for row, prompt in enumerate(prompts):
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
             attention[row, width - len(prompt) :] = 1
+        # Positions count real tokens only, so a left-padded prompt is scored exactly as it would be alone.
+        positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
         device = self.engine.device
         output = self.engine.model(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), logits_to_keep=1
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=1,
         )
         return output.logits[:, -1, :]
 
