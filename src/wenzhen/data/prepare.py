@@ -1,7 +1,7 @@
 """`prepare(inputs, out_dir, config)`: raw corpora in, `train/dev/test.jsonl` + `rejects.jsonl` + `report.json` out.
 
 Read top to bottom: pick a reader per input, stream every record through the cleaning rules and exact
-de-duplication, measure lengths in batches (in a worker thread, overlapping the parsing), spool the kept records,
+de-duplication, measure lengths in batches (in a worker process, overlapping the parsing), spool the kept records,
 assign question groups to splits per department, write the splits, and account for every record read.
 """
 
