@@ -155,10 +155,15 @@ def test_official_lora_config_through_the_cli_on_tiny_chatglm3(
 
 def test_no_dev_file_trains_without_evaluation(data_dir: Path, tiny_llama_dir: Path, tmp_path: Path):
     out = tmp_path / "run"
-    cfg = config(out, training_args__max_steps=2, training_args__save_steps=2)
+    cfg = config(
+        out, training_args__max_steps=3, training_args__save_steps=1, training_args__save_total_limit=1
+    )
     cfg.data_config.val_file = "missing.json"
     train(data_dir, tiny_llama_dir, cfg)
     assert not [row for row in read_metrics(out / "metrics.jsonl") if "eval_loss" in row]
+    assert [path.name for path in out.glob("checkpoint-*")] == [
+        "checkpoint-3"
+    ]  # save_total_limit keeps the newest
 
 
 class PoisonWeights(TrainerCallback):

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import (
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import rotate_checkpoints
@@ -46,8 +53,9 @@ from wenzhen.train.checkpoints import STAGING, complete_checkpoints, publish, re
 from wenzhen.train.config import TrainConfig
 from wenzhen.train.encoding import EncodedSample, EncodingReport, encode_rows
 from wenzhen.train.evaluation import DevGeneration
+from wenzhen.train.loss import sparse_logits_loss
 from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing
-from wenzhen.train.packing import SampleDataset, make_collator
+from wenzhen.train.packing import RowDataset, SampleDataset, make_collator, pack_rows
 
 log = logging.getLogger(__name__)
 FINAL = "final"
@@ -73,6 +81,7 @@ class WenzhenTrainer(Trainer):
     _staging = False
     dev_generation: DevGeneration | None = None
     chat_model: LoadedModel | None = None
+    sparse_logits = False
 
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
@@ -113,6 +122,22 @@ class WenzhenTrainer(Trainer):
                 use_mtime=False,
             )
         self.accelerator.wait_for_everyone()
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        """With `performance.sparse_logits`, logits only where a label is (see `wenzhen.train.loss`)."""
+        if return_outputs or not self.sparse_logits or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = sparse_logits_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # DDP averages gradients over processes, but the loss is already divided by the global token count.
+            loss = loss * self.accelerator.num_processes
+        return loss
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
@@ -244,15 +269,23 @@ def build_training_arguments(
         bf16=bf16,
         fp16=fp16,
         use_cpu=device.type == "cpu",
+        torch_compile=config.performance.compile and device.type == "cuda",
         debug=args.debug,
         deepspeed=resolve_deepspeed(config, config_dir),
         fsdp=args.fsdp,
         fsdp_config=args.fsdp_config,
         ddp_find_unused_parameters=args.ddp_find_unused_parameters,
-        report_to="none",
+        report_to=other_reporters(args.report_to),
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
     )
+
+
+def other_reporters(report_to: str | list[str]) -> list[str] | str:
+    """The configured experiment trackers except TensorBoard, which wenzhen always writes to `tensorboard/`."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    kept = [name for name in names if name not in ("tensorboard", "none")]
+    return kept or "none"
 
 
 def encode_splits(
@@ -298,20 +331,53 @@ def encode_splits(
     return train_samples, dev_samples, reports
 
 
-def choose_attention(model: PreTrainedModel, device: torch.device) -> str:
-    """flash-attention 2 on GPU where it is installed, else transformers' default (PyTorch SDPA).
+def choose_attention(model: PreTrainedModel, device: torch.device, requested: str = "auto") -> str:
+    """The attention kernel: `requested`, or for `auto` flash-attention 2 on GPU where installed, else SDPA.
 
-    Both honour packed `position_ids`: SDPA through a block-diagonal mask, flash-attention through
-    variable-length kernels, so packing never lets a token see another sample.
+    All honour packed `position_ids`: SDPA through a block-diagonal mask, flex attention through a sparse block
+    mask, flash-attention through variable-length kernels, so packing never lets a token see another sample.
     """
     import importlib.util
 
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    if requested != "auto":
+        try:
+            model.set_attn_implementation(requested)
+        except (ImportError, ValueError) as exc:
+            raise WenzhenError(
+                f"performance.attention {requested} is not available here ({str(exc)[:120]}); use auto or sdpa"
+            ) from None
+    elif device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         try:
             model.set_attn_implementation("flash_attention_2")
         except (ImportError, ValueError) as exc:
             log.warning("notice: flash-attention unavailable for this model (%s); using SDPA", str(exc)[:120])
     return str(model.config._attn_implementation)
+
+
+def build_datasets(
+    config: TrainConfig,
+    train_samples: list[EncodedSample],
+    dev_samples: list[EncodedSample],
+    tokenizer: Any,
+    packed: bool,
+    attention: str,
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None, Any]:
+    """Train and dev datasets with their collator: fixed-length packed rows when `performance.row_tokens` is set,
+    else samples batched by the collator (flattened when packing, right-padded otherwise)."""
+    row_tokens = config.performance.row_tokens
+    if not packed or row_tokens is None:
+        dev = SampleDataset(dev_samples) if dev_samples else None
+        collator = make_collator(packed, tokenizer, flash_attention=attention.startswith("flash"))
+        return SampleDataset(train_samples), dev, collator
+    if row_tokens < config.max_length:
+        raise WenzhenError(
+            f"performance.row_tokens ({row_tokens}) is shorter than one sample may be (max_input_length + "
+            f"max_output_length + 1 = {config.max_length}); raise it"
+        )
+    seed, pad_id = config.training_args.seed, tokenizer.pad_token_id
+    train_rows = RowDataset(pack_rows(train_samples, row_tokens, seed, pad_id))
+    dev_rows = RowDataset(pack_rows(dev_samples, row_tokens, seed, pad_id)) if dev_samples else None
+    return train_rows, dev_rows, default_data_collator
 
 
 def prepare_model(loaded: Any, config: TrainConfig) -> torch.nn.Module:
@@ -410,23 +476,27 @@ def train(
 
     loaded = method.load(model_dir, device, config)
     train_samples, dev_samples, reports = encode_splits(data_dir, config, loaded)
-    attention = choose_attention(loaded.model, device)
+    attention = choose_attention(loaded.model, device, config.performance.attention)
     model = prepare_model(loaded, config)
     packed = config.packing and method.supports_packing
     if config.packing and not packed:
         log.warning(
             "notice: %s feeds its prefix through the KV cache; training on padded batches", method.name
         )
+    train_dataset, eval_dataset, collator = build_datasets(
+        config, train_samples, dev_samples, loaded.tokenizer, packed, attention
+    )
     args = build_training_arguments(config, output_dir, device, bool(dev_samples), config_dir)
     trainer = WenzhenTrainer(
         model=model,
         args=args,
-        train_dataset=SampleDataset(train_samples),
-        eval_dataset=SampleDataset(dev_samples) if dev_samples else None,
-        data_collator=make_collator(packed, loaded.tokenizer, flash_attention=attention.startswith("flash")),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
         processing_class=loaded.tokenizer,
         callbacks=[ProgressBar(), MetricsLog(output_dir), *callbacks],
     )
+    trainer.sparse_logits = config.performance.sparse_logits
     trainer.dev_generation = dev_generation(data_dir, config, args, bool(dev_samples), loaded.model.config)
     trainer.chat_model = loaded
     trainer.remove_callback(ProgressCallback)
