@@ -60,7 +60,7 @@ def data_mismatch(reports: Sequence[EvalReport], labels: Sequence[str]) -> str |
     )
 
 
-def kind_section(kind: str, reports: Sequence[EvalReport], labels: Sequence[str]) -> dict[str, Any]:
+def kind_section(reports: Sequence[EvalReport], labels: Sequence[str]) -> dict[str, Any]:
     """The JSON of one kind: metric x run values, samples per run, definitions."""
     names = list(dict.fromkeys(name for report in reports for name in report.metrics))
     return {
@@ -163,7 +163,7 @@ def compare_runs(
                 raise WenzhenError(
                     f"{mismatch}; evaluate every run on the same data or pass --allow-different-data"
                 )
-            section = kind_section(kind, kind_reports, kind_labels)
+            section = kind_section(kind_reports, kind_labels)
             section["data_mismatch"] = mismatch
             data["kinds"][kind] = section
             chart = f"compare-{kind}.png"

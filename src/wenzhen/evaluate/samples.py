@@ -33,9 +33,9 @@ class EvalSample:
 
 @dataclass(frozen=True)
 class Layout:
-    """A record layout: `matches(record)` recognises it, `convert(record, id)` turns it into a sample."""
+    """A record layout: `describe` names its keys, `matches(record)` recognises it, `convert(record, id)` makes a sample."""
 
-    keys: str
+    describe: str
     matches: Callable[[dict[str, Any]], bool]
     convert: Callable[[dict[str, Any], str], EvalSample]
 
@@ -137,7 +137,7 @@ def to_sample(record: Any, index: int, source: Path) -> EvalSample:
             if not sample.messages or not sample.messages[-1]["content"]:
                 raise WenzhenError(f"{where} has an empty prompt; fix or remove that record")
             return sample
-    accepted = "; ".join(layout.keys for _, layout in LAYOUTS.items())
+    accepted = "; ".join(layout.describe for _, layout in LAYOUTS.items())
     raise WenzhenError(f"{where} has keys {sorted(record)}, none of the accepted layouts: {accepted}")
 
 
