@@ -1,9 +1,9 @@
-"""The chunked loss equals transformers' own causal-LM loss, value and gradients."""
+"""The labelled-positions loss equals transformers' own causal-LM loss, value and gradients."""
 
 import torch
 from transformers import GlmConfig, GlmForCausalLM
 
-from wenzhen.train.loss import chunked_lm_loss
+from wenzhen.train.loss import labelled_positions, sparse_logits_loss
 
 
 def tiny_model() -> GlmForCausalLM:
@@ -21,26 +21,40 @@ def tiny_model() -> GlmForCausalLM:
     return GlmForCausalLM(config)
 
 
-def test_matches_transformers_loss_and_gradients():
-    model = tiny_model()
+def batch() -> dict[str, torch.Tensor]:
     ids = torch.randint(1, 300, (2, 40))
     labels = ids.clone()
     labels[:, :15] = -100
     labels[1, 30:] = -100
-    reference = model(input_ids=ids, labels=labels).loss
+    labels[0, 20:25] = -100
+    return {"input_ids": ids, "labels": labels}
+
+
+def test_matches_transformers_loss_and_gradients():
+    model = tiny_model()
+    inputs = batch()
+    reference = model(**inputs).loss
     reference.backward()
-    expected = model.lm_head.weight.grad.clone()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    hidden = model.model(input_ids=ids).last_hidden_state
-    loss = chunked_lm_loss(hidden, model.lm_head, labels, chunk_size=7)
+    loss = sparse_logits_loss(model, inputs)
     loss.backward()
     assert torch.allclose(loss, reference, atol=1e-6)
-    assert torch.allclose(model.lm_head.weight.grad, expected, atol=1e-6)
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter.grad, expected[name], atol=1e-6), name
+
+
+def test_only_labelled_positions_reach_the_lm_head():
+    labels = torch.full((2, 10), -100)
+    labels[0, 4] = 7
+    labels[1, 8] = 3
+    assert labelled_positions(labels).tolist() == [3, 7]
 
 
 def test_no_labels_gives_zero_with_a_graph():
     model = tiny_model()
-    hidden = model.model(input_ids=torch.randint(1, 300, (1, 8))).last_hidden_state
-    loss = chunked_lm_loss(hidden, model.lm_head, torch.full((1, 8), -100))
+    loss = sparse_logits_loss(
+        model, {"input_ids": torch.randint(1, 300, (1, 8)), "labels": torch.full((1, 8), -100)}
+    )
     loss.backward()
     assert loss.item() == 0.0

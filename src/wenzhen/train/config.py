@@ -164,6 +164,24 @@ class QuantizationConfig(StrictModel):
     double_quant: bool = True
 
 
+class PerformanceConfig(StrictModel):
+    """Speed switches (defaults measured in benchmarks/train_throughput.py, see docs/training.md)."""
+
+    attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = Field(
+        default="auto", description="auto: flash-attention 2 where installed, else PyTorch SDPA"
+    )
+    row_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description="pack samples into fixed rows of this many tokens (per_device_train_batch_size then counts "
+        "rows); None: concatenate per_device_train_batch_size samples per step",
+    )
+    sparse_logits: bool = Field(
+        default=True, description="compute the 65k-vocab logits only where the next token is labelled"
+    )
+    compile: bool = Field(default=False, description="torch.compile the model (CUDA)")
+
+
 class TrainConfig(StrictModel):
     """A whole fine-tuning run: the official keys plus wenzhen's own (method, packing, truncation)."""
 
@@ -180,6 +198,7 @@ class TrainConfig(StrictModel):
         default="keep_eos", description="keep_eos: a cut sample still ends with eos; official: plain cut"
     )
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
 
     @property
     def max_length(self) -> int:

@@ -1,53 +1,50 @@
-"""Causal-LM loss computed from hidden states in chunks, only at labelled positions.
+"""Causal-LM loss that computes logits only where a label is.
 
-ChatGLM3's vocabulary has 65,024 entries: the usual path materialises fp32 logits for every position
-(8,192 tokens x 65,024 x 4 bytes = 2.1 GB per packed row, plus their gradient) although the prompt positions carry
-no label. Here the lm_head runs only on positions that have a label, a chunk at a time under activation
-checkpointing, so at most one chunk of logits exists at once. No maintained kernel library covers ChatGLM3
-(Liger and Unsloth do not), hence this small function.
+ChatGLM3's vocabulary has 65,024 entries: transformers' loss path materialises logits for every position and
+upcasts them to fp32 (8,192 tokens x 65,024 x 4 bytes = 2.1 GB per packed row, plus gradients), although the
+prompt positions carry no label. transformers' `logits_to_keep` accepts a tensor of positions, so the forward
+(through DDP/FSDP wrappers as usual) runs the lm_head only at positions whose next token is labelled, and the
+cross-entropy is taken there. No maintained fused-kernel library covers ChatGLM3 (Liger and Unsloth do not).
 """
+
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()
-    return F.cross_entropy(logits, targets, reduction="sum")
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions p (over all rows) whose next token p+1 carries a label; these are the logits the loss needs."""
+    wanted = (labels[:, 1:] != IGNORE_INDEX).any(dim=0)
+    return wanted.nonzero(as_tuple=True)[0]
 
 
-def chunked_lm_loss(
-    hidden_states: torch.Tensor,
-    lm_head: nn.Module,
-    labels: torch.Tensor,
-    num_items: int | torch.Tensor | None = None,
-    chunk_size: int = 4096,
+def sparse_logits_loss(
+    model: nn.Module, inputs: dict[str, Any], num_items_in_batch: int | torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions (labels are unshifted, as in transformers).
+    """Mean next-token cross-entropy over labelled tokens, equal to `model(**inputs).loss` up to rounding.
 
-    `num_items` is the number of labelled tokens over the whole (gradient-accumulated) batch; the default is this
-    batch's own count. The result equals `CausalLM(labels=...).loss` up to floating-point rounding.
+    `num_items_in_batch` is the labelled-token count over the whole gradient-accumulated batch (the Trainer
+    passes it); by default this batch's own count.
     """
-    hidden = hidden_states[:, :-1].reshape(-1, hidden_states.shape[-1])
-    targets = labels[:, 1:].reshape(-1).to(hidden.device)
-    positions = (targets != IGNORE_INDEX).nonzero(as_tuple=True)[0]
-    if num_items is None:
-        num_items = positions.numel()
+    labels = inputs["labels"]
+    positions = labelled_positions(labels)
     if positions.numel() == 0:
-        return hidden_states.sum() * 0.0
-    hidden, targets = hidden[positions], targets[positions]
-    weight: torch.Tensor = lm_head.weight  # type: ignore[assignment]
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
-        end = start + chunk_size
-        if torch.is_grad_enabled():
-            total = total + checkpoint(
-                _chunk_loss_sum, hidden[start:end], weight, targets[start:end], use_reentrant=False
-            )
-        else:
-            total = total + _chunk_loss_sum(hidden[start:end], weight, targets[start:end])
-    return total / num_items
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=1)
+        return outputs.logits.sum() * 0.0
+    forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    logits = model(**forward_inputs, logits_to_keep=positions).logits
+    targets = labels[:, positions + 1].to(logits.device)
+    total = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+    if isinstance(count, torch.Tensor):
+        count = count.to(total.device)
+    return total / count

@@ -12,6 +12,8 @@ Prefix tuning (P-Tuning v2) feeds virtual tokens through the KV cache, which tur
 off; it trains on padded rows instead.
 """
 
+import bisect
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,3 +58,65 @@ def make_collator(
     return DataCollatorForSeq2Seq(
         tokenizer, padding="longest", label_pad_token_id=IGNORE, return_tensors="pt"
     )
+
+
+def pack_rows(
+    samples: Sequence[EncodedSample], row_tokens: int, seed: int, pad_id: int
+) -> list[dict[str, list[int]]]:
+    """Pack samples into rows of exactly `row_tokens` tokens (best-fit decreasing), then shuffle the rows.
+
+    Fixed-length rows keep tensor shapes constant, so compiled kernels and flex-attention block masks are built
+    once; best-fit decreasing fills rows to within a few tokens, and the remainder is a padding "sample" of its
+    own (positions restart, no labels) that nothing attends across. Each sample's first label is -100, as in
+    the flattening collator, so no token learns to predict the next sample's start. Padding uses the tokenizer's
+    pad id, which the Trainer's non-padding token count excludes.
+    """
+    too_long = [len(s.input_ids) for s in samples if len(s.input_ids) > row_tokens]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} samples are longer than row_tokens={row_tokens} (longest {max(too_long)})"
+        )
+    order = sorted(range(len(samples)), key=lambda i: (-len(samples[i].input_ids), i))
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row index), kept sorted for the best-fit search
+    for index in order:
+        length = len(samples[index].input_ids)
+        slot = bisect.bisect_left(free, (length, -1))
+        if slot < len(free):
+            space, row = free.pop(slot)
+        else:
+            space, row = row_tokens, len(rows)
+            rows.append([])
+        rows[row].append(index)
+        if space - length > 0:
+            bisect.insort(free, (space - length, row))
+    random.Random(seed).shuffle(rows)
+    return [_build_row([samples[i] for i in row], row_tokens, pad_id) for row in rows]
+
+
+def _build_row(members: Sequence[EncodedSample], row_tokens: int, pad_id: int) -> dict[str, list[int]]:
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    for sample in members:
+        input_ids += sample.input_ids
+        labels += [IGNORE, *sample.labels[1:]]
+        position_ids += range(len(sample.input_ids))
+    padding = row_tokens - len(input_ids)
+    input_ids += [pad_id] * padding
+    labels += [IGNORE] * padding
+    position_ids += range(padding)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+class RowDataset(torch.utils.data.Dataset):
+    """Pre-packed fixed-length rows; `default_data_collator` stacks them."""
+
+    def __init__(self, rows: Sequence[dict[str, list[int]]]) -> None:
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.rows[index]
