@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "wenzhen.export_commands",
     "wenzhen.chat_commands",
     "wenzhen.serve.commands",
+    "wenzhen.demo_commands",
 ]
 
 
