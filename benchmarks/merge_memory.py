@@ -121,19 +121,30 @@ def render(result: dict) -> str:
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['ram_gib']} GiB "
         f"RAM, GPU: {result['machine']['gpu'] or 'none'}, torch {result['machine']['torch']}",
         "",
-        "| mode | wall s | peak RSS GiB | written GiB | max abs logit diff (tolerance) |",
-        "|---|---|---|---|---|",
+        "| mode | wall s | peak RSS GiB | written GiB | max abs logit diff | tolerance | peft's own merge | adapter effect |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["runs"]:
         check = row.get("verification")
-        verdict = (
-            f"{check['max_abs_logit_diff']:.3g} ({check['tolerance']:.3g}, {check['compute_dtype']})"
+        cells = (
+            [
+                f"{check['max_abs_logit_diff']:.3g}",
+                f"{check['tolerance']:.3g} ({check['compute_dtype']})",
+                f"{check['peft_merge_max_abs_logit_diff']:.3g}",
+                f"{check['adapter_effect_max_abs_logit']:.3g}",
+            ]
             if check
-            else "-"
+            else ["-"] * 4
         )
         lines.append(
-            f"| {row['mode']} | {row['wall_s']} | {row['peak_rss_gib']} | {row['written_gib']} | {verdict} |"
+            f"| {row['mode']} | {row['wall_s']} | {row['peak_rss_gib']} | {row['written_gib']} | {' | '.join(cells)} |"
         )
+    lines += [
+        "",
+        "Logit columns: the largest |logit| difference of the merged model to base + adapter on the probe prompts, "
+        "the limit it had to meet, what peft's own in-place merge moves the logits by in the same dtype (bf16 "
+        "rounding), and how far the adapter moves them from the base.",
+    ]
     return "\n".join(lines) + "\n"
 
 
