@@ -64,7 +64,8 @@ RELATIVE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 
 
 @dataclass
 class LoraUpdate:
-    """What the adapter does to one base weight: add `scaling * B @ A`, or replace it (`modules_to_save`)."""
+    """What the adapter does to one base weight: replace it (`modules_to_save`, or peft's saved copy of an adapted
+    embedding), add `scaling * B @ A`, or both in that order."""
 
     lora_a: torch.Tensor | None = None
     lora_b: torch.Tensor | None = None
@@ -495,7 +496,7 @@ def write_merged_weights(
         writer.add(name, (update.apply(tensor) if update else tensor).to(context.dtype))
     if remaining:
         raise WenzhenError(
-            f"the adapter changes {len(remaining)} weights the base {context.base_dir} does not have (first: "
+            f"the adapter changes {len(remaining)} weight(s) the base {context.base_dir} does not have (first: "
             f"{next(iter(remaining))}); pass the --base the adapter was trained on"
         )
     return writer.finish(), writer.parameters
