@@ -2,8 +2,8 @@
 
 With a same-shape ChatGLM3-6B of random weights (benchmarks/random_chatglm3.py) the scores are meaningless (about
 25% exam accuracy, gibberish answers that run to max_new_tokens, so generation is timed at its worst case); the
-times say how long a user's real 6B evaluation takes on that machine. Writes `benchmarks/results/eval_speed.{json,md}`
-with the machine it ran on (or `--results DIR`).
+times say how long a user's real 6B evaluation takes on that machine. `eval gen` runs with the static KV cache off
+and on. Writes `eval_speed.{json,md}` with the machine it ran on into `--results` (committed copies are named by card).
 """
 
 import argparse
@@ -56,17 +56,21 @@ def main() -> None:
         ("eval exam, all subjects, 0 and 5 shots", exam.data.n_evaluated * 2, "questions", exam.elapsed_s)
     )
     gen_config = GenEvalConfig(limit=args.gen_samples, batch_size=args.batch_size, generation=settings)
-    gen = evaluate_generation(engine, args.consultations, args.out / "gen", gen_config, force=True)
-    rows.append(
-        (f"eval gen, {args.max_new_tokens} new tokens max", gen.data.n_evaluated, "samples", gen.elapsed_s)
-    )
+    default_static = engine.static_cache
+    for static in (False, True):
+        engine.static_cache = static  # the engine's own switch: the same loaded weights serve both runs
+        gen = evaluate_generation(engine, args.consultations, args.out / "gen", gen_config, force=True)
+        what = f"eval gen, {args.max_new_tokens} new tokens max, static KV cache {'on' if static else 'off'}"
+        rows.append((what, gen.data.n_evaluated, "samples", gen.elapsed_s))
+    engine.static_cache = default_static
     safety_config = SafetyConfig(
         limit=args.safety_per_source, batch_size=args.batch_size, generation=settings
     )
     safety = evaluate_safety(engine, [args.consultations], args.out / "safety", safety_config, force=True)
     rows.append(
         (
-            f"eval safety, 2 sides, {args.max_new_tokens} new tokens max",
+            f"eval safety, 2 sides, {args.max_new_tokens} new tokens max, static KV cache "
+            f"{'on' if default_static else 'off'}",
             safety.data.n_evaluated * 2,
             "answers",
             safety.elapsed_s,

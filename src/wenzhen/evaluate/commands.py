@@ -33,6 +33,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto (bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto")
     parser.add_argument(
+        "--static-cache",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="compiled static KV cache for generation (auto: on for CUDA); its compile warm-up dominates "
+        "short GPU runs",
+    )
+    parser.add_argument(
         "--label", help="name of this run in reports (default: the model's or adapter's folder)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts processed together (default 8)")
@@ -53,7 +60,14 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"adapter": args.adapter, "base": args.base, "dtype": args.dtype, "device": args.device}
+    static = {"auto": None, "on": True, "off": False}[args.static_cache]
+    return {
+        "adapter": args.adapter,
+        "base": args.base,
+        "dtype": args.dtype,
+        "device": args.device,
+        "static_cache": static,
+    }
 
 
 def _generation_settings(args: argparse.Namespace) -> dict[str, Any]:

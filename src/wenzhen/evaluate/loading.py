@@ -19,6 +19,9 @@ class ModelOptions(StrictModel):
     base: str | None = Field(None, description="base model of an adapter, overriding the recorded one")
     dtype: str = Field("auto", description="bf16, fp16, fp32 or auto (bf16 on GPU, fp32 on CPU)")
     device: str = Field("auto", description="cuda, cpu or auto")
+    static_cache: bool | None = Field(
+        None, description="compiled static KV cache for generation; None = the engine's default (on for CUDA)"
+    )
 
 
 def open_engine(model: ChatEngine | str | Path, options: ModelOptions) -> ChatEngine:
@@ -28,7 +31,7 @@ def open_engine(model: ChatEngine | str | Path, options: ModelOptions) -> ChatEn
     loaded = load_model(
         model, dtype=options.dtype, device=options.device, adapter=options.adapter, base=options.base
     )
-    return ChatEngine(loaded)
+    return ChatEngine(loaded, static_cache=options.static_cache)
 
 
 def describe_device(engine: ChatEngine) -> str:
