@@ -52,6 +52,10 @@ def test_shortened_demo_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFi
     report = json.loads((out / REPORT_JSON).read_text(encoding="utf-8"))
     assert all((out / name).is_dir() for name in STEP_DIRS)
     assert report["training"]["steps"] == 1
+    # The dev loss is measured before the first update (step 0) and once more where training stopped.
+    metrics = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in metrics if "eval_loss" in row] == [0, 1]
+    assert report["dev_loss_before"] > 0 and report["dev_loss_after"] > 0
     assert report["data"]["splits"]["test"] == 8
     assert set(report["eval_before"]) == set(report["eval_after"]) and report["eval_before"]
     assert all(Path(chart).is_file() for chart in report["charts"]) and report["charts"]

@@ -34,6 +34,7 @@ from wenzhen.io import write_json, write_text
 from wenzhen.models import load_model
 from wenzhen.models.embedded import embedded_model_dir
 from wenzhen.train import TrainConfig, train
+from wenzhen.train.callbacks import CURVE_FILE, METRICS_FILE, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def _demo_train() -> TrainConfig:
                 "logging_steps": 1,
                 "save_strategy": "no",
                 "eval_strategy": "steps",
-                "eval_steps": 10,
+                "eval_steps": 20,
                 "max_eval_samples": 6,
                 "per_device_eval_batch_size": 6,
             },
@@ -118,6 +119,9 @@ class DemoReport(BaseModel):
     seconds: dict[str, float]
     data: dict[str, Any]
     training: dict[str, Any]
+    dev_loss_samples: int
+    dev_loss_before: float | None
+    dev_loss_after: float | None
     eval_before: dict[str, float]
     eval_after: dict[str, float]
     charts: list[str]
@@ -125,11 +129,14 @@ class DemoReport(BaseModel):
     serve_commands: list[str]
 
 
-class TimeBudget(TrainerCallback):
-    """Stops training at the first optimizer step past a wall-clock budget.
+class DemoSchedule(TrainerCallback):
+    """Held-out dev loss before the first update and after the last one, and a wall-clock training budget.
 
-    transformers has no time limit of its own; the demo must finish in minutes on slow and shared machines alike,
-    so it caps the time and lets the step count fall where it may (the summary records the steps reached).
+    wenzhen's typed `training_args` do not carry transformers' `eval_on_start`, so the demo switches it on for its
+    own run here (the Trainer reads it right after `on_train_begin`): the dev loss of the untouched base model is
+    then measured by the Trainer's own evaluation, exactly as the later ones. transformers has no time limit, and
+    the demo must end in minutes on slow and shared machines alike, so training stops at the first step past the
+    budget; whenever training stops, one more evaluation measures the final model.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -140,18 +147,27 @@ class TimeBudget(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.started = time.monotonic()
+        args.eval_on_start = args.eval_strategy != "no"
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
-        if time.monotonic() - self.started >= self.seconds:
+        if time.monotonic() - self.started >= self.seconds and not control.should_training_stop:
             log.info(
                 "demo: the %.1f-minute training budget is spent; stopping at step %d",
                 self.seconds / 60,
                 state.global_step,
             )
             control.should_training_stop = True
+        if control.should_training_stop and args.eval_strategy != "no":
+            control.should_evaluate = True
         return control
+
+
+def dev_losses(run_dir: Path) -> tuple[float | None, float | None]:
+    """The first and the last held-out dev loss the training run logged (before and after training)."""
+    losses = [row["eval_loss"] for row in read_metrics(run_dir / METRICS_FILE) if "eval_loss" in row]
+    return (losses[0], losses[-1]) if losses else (None, None)
 
 
 def check_out_dir(out_dir: Path, force: bool) -> None:
@@ -210,8 +226,9 @@ def run_demo(
     started = time.monotonic()
     train_config = config.train.model_copy(deep=True)
     train_config.training_args.output_dir = str(folders["train"])
-    result = train(folders["data"], base, train_config, callbacks=[TimeBudget(config.train_minutes * 60)])
+    result = train(folders["data"], base, train_config, callbacks=[DemoSchedule(config.train_minutes * 60)])
     seconds["train"] = time.monotonic() - started
+    loss_before, loss_after = dev_losses(folders["train"])
 
     _step(4, "eval after: base + the trained adapter, same samples", folders["eval-after"])
     started = time.monotonic()
@@ -246,6 +263,11 @@ def run_demo(
         seconds={name: round(value, 1) for name, value in seconds.items()},
         data={key: data_report[key] for key in ("read", "kept", "duplicates", "rejected", "splits")},
         training=result.summary,
+        dev_loss_samples=min(
+            data_report["splits"]["dev"], train_config.training_args.max_eval_samples or 10**9
+        ),
+        dev_loss_before=loss_before,
+        dev_loss_after=loss_after,
         eval_before=before.metrics,
         eval_after=after.metrics,
         charts=[str(folders["comparison"] / chart) for chart in comparison.charts],
@@ -282,6 +304,10 @@ def serve_commands(model_dir: Path) -> list[str]:
     ]
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+
+
 def render_report(report: DemoReport, before: EvalReport, after: EvalReport) -> str:
     """The demo report as Markdown: steps and folders, training, before/after metrics, answers, next commands."""
     training = report.training
@@ -305,17 +331,22 @@ def render_report(report: DemoReport, before: EvalReport, after: EvalReport) -> 
         "",
         f"{training['method']}: {training['steps']} steps, {training['tokens']:,} tokens, "
         f"{training['tokens_per_second']} tokens/s; training loss {training['first_loss']} -> "
-        f"{training['final_loss']}; held-out dev loss at the end {training['final_eval_loss']}; "
-        f"{training['trainable_parameters']:,} trainable of {training['total_parameters']:,} parameters.",
+        f"{training['final_loss']}; {training['trainable_parameters']:,} trainable of "
+        f"{training['total_parameters']:,} parameters. Curve: `{Path(report.steps['train']) / CURVE_FILE}`.",
         "",
-        f"## Held-out test split ({before.data.n_evaluated} conversations, greedy)",
+        "## Before and after, on held-out data",
+        "",
+        f"Loss: dev split (up to {report.dev_loss_samples} conversations), measured by the Trainer before "
+        f"the first update and after the last. Generation metrics: test split ({before.data.n_evaluated} "
+        "conversations), greedy decoding.",
         "",
         "| metric | before | after |",
         "|---|---|---|",
+        f"| dev loss (lower is better) | {_number(report.dev_loss_before)} | {_number(report.dev_loss_after)} |",
     ]
     for name, value in report.eval_before.items():
         label = before.metric_labels.get(name, name)
-        lines.append(f"| {label} | {value:.2f} | {report.eval_after.get(name, float('nan')):.2f} |")
+        lines.append(f"| {label} | {_number(value)} | {_number(report.eval_after.get(name))} |")
     lines += [
         "",
         f"Chart: {', '.join(f'`{chart}`' for chart in report.charts)}; details: "
