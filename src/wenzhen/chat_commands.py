@@ -1,6 +1,7 @@
 """`wenzhen chat`."""
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -79,4 +80,6 @@ def _chat(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         result = one_shot(engine, args.prompt, settings, system_prompt, sys.stdout, sys.stderr)
         return 0 if result is not None else 130
+    with contextlib.suppress(ImportError):  # not on Windows
+        import readline  # noqa: F401 - importing it gives input() line editing, CJK-aware erase and recall
     return run_repl(engine, settings, system_prompt, show_stats=not args.no_stats)
