@@ -1,6 +1,7 @@
 """Training end to end on tiny models: each method trains, saves and reloads; the run leaves its reports."""
 
 import json
+import logging
 import struct
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from wenzhen.models import load_model
 from wenzhen.runinfo import read_run_info
 from wenzhen.train.callbacks import read_metrics
 from wenzhen.train.config import TrainConfig
-from wenzhen.train.trainer import NonFiniteError, train
+from wenzhen.train.trainer import NonFiniteError, read_split, train
 
 OFFICIAL = Path(__file__).parent / "official_configs"
 PROMPT = [{"role": "user", "content": "孩子发烧三十八度半怎么办"}]
@@ -193,7 +194,7 @@ def test_qlora_without_a_gpu_says_what_it_needs(data_dir: Path, tiny_llama_dir: 
 
 
 def test_missing_train_file_is_a_clear_error(tiny_llama_dir: Path, tmp_path: Path):
-    with pytest.raises(WenzhenError, match=r"train\.json does not exist"):
+    with pytest.raises(WenzhenError, match=r"train\.jsonl does not exist"):
         train(tmp_path, tiny_llama_dir, config(tmp_path / "run"))
 
 
@@ -213,3 +214,11 @@ def test_predict_with_generate_scores_dev_answers_even_when_they_are_empty(
     assert [row["step"] for row in scored] == [2]
     assert scored[0]["eval_n_samples"] == 4 and "eval_rouge-l" in scored[0]
     assert 0 <= scored[0]["eval_empty_predictions"] <= 4
+
+
+def test_official_json_names_find_the_jsonl_files_data_prepare_writes(tmp_path: Path, caplog):
+    (tmp_path / "train.jsonl").write_text('{"conversations": []}\n', encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert read_split(tmp_path, "train.json", "train", required=True) == [{"conversations": []}]
+    assert "train.json not found; reading train.jsonl" in caplog.text
+    assert read_split(tmp_path, "dev.json", "dev", required=False) is None

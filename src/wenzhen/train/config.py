@@ -29,10 +29,13 @@ PEFT_TYPE_METHODS = {"LORA": "lora", "PREFIX_TUNING": "ptuning_v2"}
 
 
 class DataConfig(StrictModel):
-    """Where the splits are, relative to DATA_DIR (JSON Lines, one conversation a line, even when named .json)."""
+    """Where the splits are, relative to DATA_DIR (JSON Lines, one conversation a line, even when named .json).
 
-    train_file: str = "train.json"
-    val_file: str | None = "dev.json"
+    The defaults are what `wenzhen data prepare` writes; a `.json` name falls back to the `.jsonl` file and back.
+    """
+
+    train_file: str = "train.jsonl"
+    val_file: str | None = "dev.jsonl"
     test_file: str | None = None
     num_proc: int | None = Field(
         default=None, ge=1, description="accepted for official configs; encoding runs in the training process"

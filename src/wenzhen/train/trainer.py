@@ -220,6 +220,11 @@ def read_split(data_dir: Path, name: str | None, split: str, required: bool) -> 
     if name is None:
         return None
     path = data_dir / name
+    sibling = path.with_suffix({".json": ".jsonl", ".jsonl": ".json"}.get(path.suffix, path.suffix))
+    if not path.is_file() and sibling.is_file():
+        # The official configs say train.json; `wenzhen data prepare` writes train.jsonl (same JSON Lines content).
+        log.warning("notice: %s not found; reading %s", path.name, sibling.name)
+        path = sibling
     if not path.is_file():
         if required:
             raise WenzhenError(
