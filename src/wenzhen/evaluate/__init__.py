@@ -2,9 +2,6 @@
 
 Library entry points (the CLI in `commands.py` only parses arguments and calls these):
 `compute_generation_metrics(predictions, references)`, `evaluate_generation(...)`, `evaluate_exam(...)`,
-`evaluate_safety(...)`, `compare_runs(...)`.
+`evaluate_safety(...)`, `compare_runs(...)`, each importable from its module. The package itself imports nothing,
+so training can use `evaluate.samples` without loading the word segmenter until metrics are computed.
 """
-
-from wenzhen.evaluate.metrics import compute_generation_metrics
-
-__all__ = ["compute_generation_metrics"]

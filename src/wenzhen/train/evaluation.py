@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from wenzhen.errors import WenzhenError
-from wenzhen.evaluate.metrics import compute_generation_metrics
 from wenzhen.evaluate.samples import EvalSample, to_sample
 from wenzhen.generation import ChatEngine, GenerationSettings
 from wenzhen.models import LoadedModel
@@ -65,4 +64,7 @@ class DevGeneration:
                     predictions += [answer.text for answer in answers]
         finally:
             model.train(was_training)
+        # Imported here: the word segmenter and BLEU/ROUGE packages are needed only when dev answers are scored.
+        from wenzhen.evaluate.metrics import compute_generation_metrics
+
         return compute_generation_metrics(predictions, [sample.reference for sample in self.samples])
