@@ -259,20 +259,20 @@ def main() -> None:
         "wenzhen sdpa 8k rows": {"performance.row_tokens": 8192, "performance.attention": "sdpa"},
         "wenzhen flex 8k rows": {"performance.row_tokens": 8192, "performance.attention": "flex_attention"},
         "wenzhen flex 16k rows": {"performance.row_tokens": 16384, "performance.attention": "flex_attention"},
-        "wenzhen flex 8k rows + compile": {
-            "performance.row_tokens": 8192,
-            "performance.attention": "flex_attention",
-            "performance.compile": True,
-        },
         "wenzhen low-mem: flex 2k rows + checkpointing": {
             "performance.row_tokens": 2048,
             "performance.attention": "flex_attention",
             "training_args.gradient_checkpointing": True,
         },
+        "wenzhen flex 8k rows + compile": {
+            "performance.row_tokens": 8192,
+            "performance.attention": "flex_attention",
+            "performance.compile": True,
+        },
     }
-    for name, overrides in wenzhen_variants.items():
-        variants[name] = lambda o=overrides, n=name: run_wenzhen(
-            native, data_dir, o, args, args.work, n.split()[1] + str(abs(hash(n)) % 1000)
+    for index, (name, overrides) in enumerate(wenzhen_variants.items()):
+        variants[name] = lambda o=overrides, i=index: run_wenzhen(
+            native, data_dir, o, args, args.work, f"wenzhen-{i}"
         )
     try:
         report["first_batch"] = first_batch_losses(peft_model, tokenizer, samples)
@@ -298,6 +298,7 @@ def main() -> None:
             row["mfu_4n_measured"] = 4 * params * tps / (measured * 1e12)
         report["runs"][name] = row
         print(name, json.dumps(row), flush=True)
+        write_report(report)  # after every run, so a time limit still leaves the finished ones
     write_report(report)
 
 
