@@ -545,7 +545,7 @@ def dev_generation(
         )
     dev_file = data_dir / str(config.data_config.val_file)
     return DevGeneration.from_rows(
-        read_jsonl(dev_file),
+        read_split(data_dir, config.data_config.val_file, "dev", required=True) or [],
         dev_file,
         settings.max_eval_samples,
         settings.generation_config,
