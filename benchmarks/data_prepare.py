@@ -109,6 +109,73 @@ def parse_time_v(stderr: str) -> dict[str, float]:
     }
 
 
+def render(result: dict) -> str:
+    """The Markdown summary of one result."""
+    report, machine_info = result["report"], result["machine"]
+    length = report["length"]
+    return "\n".join(
+        [
+            f"# {result['name']}",
+            "",
+            f"`{result['command']}` on {machine_info['cpu']} ({machine_info['cores']} cores, "
+            f"{machine_info['memory_gib']} GiB), Python {machine_info['python']}.",
+            "",
+            "| rows | corpus MiB | length unit | wall s | CPU s (all processes) | peak RSS MiB (largest process) "
+            "| read | kept | duplicates | rejected |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| {result['corpus_rows']:,} | {result['corpus_bytes'] / 2**20:.0f} | {length['unit']} | "
+            f"{result['wall_seconds']:.1f} | {result['cpu_seconds']} | {result['peak_rss_mib']} | {report['read']:,} | "
+            f"{report['kept']:,} | {report['duplicates']:,} | {report['rejected']:,} |",
+            "",
+            f"- Inside `prepare` (after the CLI's imports): {report['seconds']:.1f} s wall; main process "
+            f"{result['main_process_cpu_seconds']} s CPU, peak RSS {result['main_process_peak_rss_mib']} MiB.",
+            f"- Token-measuring worker: {result['measure_worker_cpu_seconds']} s CPU, peak RSS "
+            f"{result['measure_worker_peak_rss_mib']} MiB; counter: {length.get('counter', 'characters')}.",
+            f"- 1-minute load average before/after: {result['load_average_1min']['before']:.1f} / "
+            f"{result['load_average_1min']['after']:.1f} (other jobs share the 2 cores); niceness {result['niceness']}.",
+            "",
+            "Targets: <= 60 s wall, <= 1 GiB peak RSS.",
+        ]
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Generate the corpus if needed, run `wenzhen data prepare` under /usr/bin/time -v, collect the figures."""
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    corpus = args.workdir / f"toyhom_{args.rows}.csv"
+    if not corpus.exists():
+        generate(args.rows, corpus)
+    out = args.workdir / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [str(ROOT / ".venv" / "bin" / "wenzhen"), "data", "prepare", str(corpus), "--out", str(out)]
+    command.append("--no-progress")
+    if args.tokenizer:
+        command += ["--tokenizer", args.tokenizer]
+    load_before = os.getloadavg()[0]
+    finished = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, check=False)
+    load_after = os.getloadavg()[0]
+    if finished.returncode:
+        raise SystemExit(f"prepare failed:\n{finished.stderr[-3000:]}")
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    keys = ("read", "kept", "duplicates", "rejected", "rejected_by_reason", "splits", "length", "seconds")
+    return {
+        "name": args.name,
+        "machine": machine(),
+        "command": " ".join(command),
+        "corpus_rows": args.rows,
+        "corpus_bytes": corpus.stat().st_size,
+        **parse_time_v(finished.stderr),
+        "main_process_cpu_seconds": report["cpu_seconds"],
+        "main_process_peak_rss_mib": report["peak_rss_mib"],
+        "measure_worker_cpu_seconds": report["length"].get("worker_cpu_seconds"),
+        "measure_worker_peak_rss_mib": report["length"].get("worker_peak_rss_mib"),
+        "load_average_1min": {"before": load_before, "after": load_after},
+        "niceness": os.nice(0),
+        "targets": {"wall_seconds": 60, "peak_rss_mib": 1024},
+        "report": {key: report[key] for key in keys},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,81 +187,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "wenzhen-bench-data")
     parser.add_argument("--name", default="data_prepare", help="results file stem")
     args = parser.parse_args()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    corpus = args.workdir / f"toyhom_{args.rows}.csv"
-    if not corpus.exists():
-        generate(args.rows, corpus)
-    out = args.workdir / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    command = [
-        str(ROOT / ".venv" / "bin" / "wenzhen"),
-        "data",
-        "prepare",
-        str(corpus),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
-    if args.tokenizer:
-        command += ["--tokenizer", args.tokenizer]
-    load_before = os.getloadavg()[0]
-    finished = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, check=False)
-    load_after = os.getloadavg()[0]
-    if finished.returncode:
-        raise SystemExit(f"prepare failed:\n{finished.stderr[-3000:]}")
-    measured = parse_time_v(finished.stderr)
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    result = {
-        "machine": machine(),
-        "command": " ".join(command),
-        "corpus_rows": args.rows,
-        "corpus_bytes": corpus.stat().st_size,
-        **measured,
-        "prepare_seconds_inside": report["seconds"],
-        "main_process_peak_rss_mib": report["peak_rss_mib"],
-        "measure_worker_peak_rss_mib": report["length"].get("worker_peak_rss_mib"),
-        "load_average_1min": {"before": load_before, "after": load_after},
-        "targets": {"wall_seconds": 60, "peak_rss_mib": 1024},
-        "report": {
-            key: report[key]
-            for key in (
-                "read",
-                "kept",
-                "duplicates",
-                "rejected",
-                "rejected_by_reason",
-                "splits",
-                "length",
-                "seconds",
-            )
-        },
-    }
+    result = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(
         json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
     )
-    lines = [
-        f"# {args.name}",
-        "",
-        f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['cores']} cores, "
-        f"{result['machine']['memory_gib']} GiB), Python {result['machine']['python']}.",
-        "",
-        "| rows | corpus MiB | length unit | wall s | CPU s | peak RSS MiB | read | kept | duplicates | rejected |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| {args.rows:,} | {corpus.stat().st_size / 2**20:.0f} | {report['length']['unit']} | {measured['wall_seconds']:.1f} | "
-        f"{measured['cpu_seconds']} | {measured['peak_rss_mib']} | {report['read']:,} | {report['kept']:,} | "
-        f"{report['duplicates']:,} | {report['rejected']:,} |",
-        "",
-        f"Inside `prepare` (after imports): {report['seconds']:.1f} s. Peak RSS: main process "
-        f"{report['peak_rss_mib']} MiB, token-measuring worker {report['length'].get('worker_peak_rss_mib')} MiB "
-        "(/usr/bin/time reports the larger one). Token counter: "
-        f"{report['length'].get('counter', 'characters')}.",
-        f"1-minute load average before/after: {load_before:.1f} / {load_after:.1f} (other jobs share the 2 cores).",
-        "",
-        "Targets: <= 60 s wall, <= 1 GiB peak RSS.",
-    ]
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    summary = render(result)
+    (RESULTS / f"{args.name}.md").write_text(summary + "\n", encoding="utf-8")
+    print(summary)
 
 
 if __name__ == "__main__":
