@@ -1,0 +1,151 @@
+"""`docs/config-reference.md`, generated from the config models themselves so it can never drift from them.
+
+Every YAML file a command accepts (`--config` or the training CONFIG) is one of the pydantic models below; this
+module walks their fields (nested models become dotted keys) and writes one table per file kind: key, type,
+default, description. `tests/test_config_reference.py` fails when the committed page differs from the output.
+
+    python -m wenzhen.config_reference > docs/config-reference.md
+"""
+
+import json
+import types
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from wenzhen.data.config import DataConfig
+from wenzhen.demo import DemoConfig
+from wenzhen.serve.config import ApiConfig, WebConfig
+from wenzhen.train.config import TrainConfig
+
+# (title, command that reads it, model, an example file in the repository)
+DOCUMENTED: list[tuple[str, str, type[BaseModel], str]] = [
+    ("Data preparation", "wenzhen data prepare INPUT... --out DIR --config FILE", DataConfig, "-"),
+    (
+        "Training",
+        "wenzhen train DATA_DIR MODEL_DIR FILE",
+        TrainConfig,
+        "configs/lora.yaml, configs/ptuning_v2.yaml, configs/sft.yaml",
+    ),
+    ("Web UI", "wenzhen web MODEL --config FILE", WebConfig, "-"),
+    ("API", "wenzhen api MODEL --config FILE", ApiConfig, "-"),
+    ("Demo", "wenzhen demo --config FILE", DemoConfig, "configs/demo.yaml"),
+]
+
+
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds directly (`Foo` or `Foo | None`), whose keys are documented one by one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        models = [arg for arg in get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+def type_name(annotation: Any) -> str:
+    """A short readable type: `int | None`, `list[str]`, `'nf4' | 'fp4'`."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(arg) for arg in get_args(annotation))
+    if str(origin).endswith("Literal"):
+        return " | ".join(repr(arg) for arg in get_args(annotation))
+    if origin is not None:
+        inner = ", ".join(type_name(arg) for arg in get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+REQUIRED = object()
+
+
+def field_default(field: FieldInfo) -> Any:
+    """A field's default value (factories called), or REQUIRED."""
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return REQUIRED
+    return field.get_default(call_default_factory=True)
+
+
+def value_text(value: Any) -> str:
+    """A default as YAML would write it (`null`, `true`, numbers, JSON for lists), or `required`."""
+    if value is REQUIRED:
+        return "**required**"
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def rows(
+    model: type[BaseModel], prefix: str = "", instance: BaseModel | None = None
+) -> list[tuple[str, ...]]:
+    """(dotted key, type, default, description) for every field, nested sections expanded after their key.
+
+    Defaults come from `instance` where a parent section supplies its own (the demo's data section, say); a
+    section holding a config documented in its own table shows only what it changes from that table.
+    """
+    documented = {entry[2] for entry in DOCUMENTED}
+    result: list[tuple[str, ...]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        value = getattr(instance, name) if instance is not None else field_default(field)
+        child = nested_model(field.annotation)
+        section_doc = (child.__doc__ or "").strip().splitlines()[0] if child and child.__doc__ else ""
+        description = field.description or section_doc
+        if child is None:
+            result.append((key, type_name(field.annotation), value_text(value), description))
+        elif child in documented:
+            changes = (
+                value.model_dump(mode="json", exclude_defaults=True) if isinstance(value, BaseModel) else {}
+            )
+            shown = json.dumps(changes, ensure_ascii=False) if changes else "its own defaults"
+            result.append((key, f"{child.__name__} (table above)", shown, description))
+        else:
+            default = "(section)" if isinstance(value, BaseModel) else value_text(value)
+            result.append((key, "section", default, description))
+            result += rows(child, f"{key}.", value if isinstance(value, BaseModel) else None)
+    return result
+
+
+def examples_text(examples: str) -> str:
+    """Where the shipped example files are, or that every key has a default."""
+    if examples == "-":
+        return "No file is shipped: every key has a default."
+    return "Shipped: " + ", ".join(f"`{name.strip()}`" for name in examples.split(",")) + "."
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render() -> str:
+    """The whole reference page."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the config models by `python -m wenzhen.config_reference` (a test checks it is current);",
+        "do not edit by hand. Every file is YAML; unknown keys are errors that name the closest valid key, and a",
+        "nested key is written as a nested mapping (`training_args.learning_rate` is `learning_rate:` under",
+        "`training_args:`). Command-line options of each command override the file.",
+    ]
+    for title, command, model, example in DOCUMENTED:
+        lines += [
+            "",
+            f"## {title}: `{model.__name__}`",
+            "",
+            f"Read by `{command}`. {examples_text(example)}",
+            "",
+            "| key | type | default | description |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{key}` | {_cell(kind)} | {_cell(default)} | {_cell(text)} |"
+            for key, kind, default, text in rows(model)
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
