@@ -222,7 +222,7 @@ def run_demo(
     before = evaluate_generation(_engine(base), test_file, folders["eval-before"], eval_config)
     seconds["eval_before"] = time.monotonic() - started
 
-    _step(3, f"train: LoRA, at most {config.train_minutes:g} minutes", folders["train"])
+    _step(3, f"train: {config.train.method_name}, at most {config.train_minutes:g} minutes", folders["train"])
     started = time.monotonic()
     train_config = config.train.model_copy(deep=True)
     train_config.training_args.output_dir = str(folders["train"])
