@@ -104,6 +104,8 @@ def test_sample_corpus_is_deterministic_and_counts_splits(tmp_path: Path) -> Non
         assert (first / name).read_bytes() == (second / name).read_bytes()
     assert report["splits"]["dev"] == 5 and report["splits"]["test"] == 5
     assert report["duplicates"] == 1 and report["cleaning"]["mask_pii.phone"] == 1
+    duplicate = read_lines(first / "duplicates.jsonl")
+    assert len(duplicate) == 1 and duplicate[0]["raw"]["title"] == "脸上长痘痘怎么办"
     other = prepare(sample_corpus_paths(), tmp_path / "c", DataConfig(progress=False, seed=7))
     assert (tmp_path / "c" / "dev.jsonl").read_bytes() != (first / "dev.jsonl").read_bytes() or other[
         "kept"

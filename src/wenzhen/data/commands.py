@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="clean, de-duplicate and split raw corpora into train/dev/test.jsonl",
         description="Read raw medical corpora (formats detected per file), clean them (each rule switchable in "
         "--config), drop exact duplicates, and write OUT/train.jsonl, dev.jsonl, test.jsonl in the ChatGLM3 "
-        "conversations format, plus rejects.jsonl (every dropped record with its reason) and report.json.",
+        "conversations format, plus rejects.jsonl (every rejected record with its reason), duplicates.jsonl and "
+        "report.json.",
         epilog=f"Formats: {formats}.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="corpus files or folders of them")
@@ -73,5 +74,7 @@ def config_from_args(args: argparse.Namespace) -> DataConfig:
 def run_prepare(args: argparse.Namespace) -> int:
     report = prepare(args.inputs, args.out, config_from_args(args), force=args.force)
     print(format_report(report))
-    print(f"wrote {args.out}/train.jsonl, dev.jsonl, test.jsonl, rejects.jsonl, report.json")
+    print(
+        f"wrote {args.out}/train.jsonl, dev.jsonl, test.jsonl, rejects.jsonl, duplicates.jsonl, report.json"
+    )
     return 0

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tqdm import tqdm
 
@@ -108,9 +108,12 @@ class _Run:
         pending: tuple[Future[list[int]], list[Record]] | None = None
         with (
             open(self.staging / "rejects.jsonl", "w", encoding="utf-8", errors="backslashreplace") as rejects,
+            open(
+                self.staging / "duplicates.jsonl", "w", encoding="utf-8", errors="backslashreplace"
+            ) as duplicates,
             open(self.staging / SPOOL, "w", encoding="utf-8") as spool,
         ):
-            self.rejects, self.spool = rejects, spool
+            self.rejects, self.duplicates, self.spool = rejects, duplicates, spool
             batch: list[Record] = []
             for record in self._records(plans):
                 if self._admit(record):
@@ -150,6 +153,9 @@ class _Run:
             key = conversation_key(record.messages)
             if key in self.seen:
                 self.tally.count("duplicates", record.source, department)
+                self._write(
+                    self.duplicates, {"source": record.source, "line": record.line, "raw": record.raw}
+                )
                 return False
             self.seen.add(key)
         return True
@@ -165,8 +171,12 @@ class _Run:
             "detail": reason,
             "raw": record.raw,
         }
-        self.rejects.write(json.dumps(line, ensure_ascii=False))
-        self.rejects.write("\n")
+        self._write(self.rejects, line)
+
+    @staticmethod
+    def _write(handle: IO[str], row: dict[str, Any]) -> None:
+        handle.write(json.dumps(row, ensure_ascii=False))
+        handle.write("\n")
 
     def _finish(self, future: "Future[list[int]]", batch: list[Record]) -> None:
         """Apply the length limits with the measured lengths and spool the records that pass."""
