@@ -443,7 +443,7 @@ class Guard:
             lines.append(f"- {category.title}：{guidance}")
         if "suicide" not in categories or len(categories) > 1:
             lines.append(f"- 立即拨打 {self.config.emergency_number} 急救电话，或尽快到最近医院急诊。")
-        lines.append(EMERGENCY_FOOTER)
+        lines += ["", EMERGENCY_FOOTER]  # the blank line ends the list when the text is rendered as Markdown
         return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """`wenzhen web` and `wenzhen api`: parse arguments and start one server each."""
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,8 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _web(args: argparse.Namespace) -> int:
+    # Gradio reads this when imported; the machines serving this UI often have no internet to report to.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from wenzhen.serve.config import WebConfig
     from wenzhen.serve.web import run_web
 

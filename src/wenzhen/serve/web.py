@@ -1,0 +1,391 @@
+"""Gradio consultation UI (`wenzhen web`) on the one `ChatEngine`, with the safety guard and tools.
+
+Tabs: 问诊 (streaming chat with history, stop, regenerate, clear, system prompt, sampling sliders, example
+questions and, for ChatGLM3, a tool-calling mode that looks drugs up in the shipped table) and 对比 (two models
+answer the same question side by side, e.g. base and fine-tuned). The disclaimer is always on screen; an
+emergency banner appears when the guard fires, and the same guidance opens the answer.
+
+The conversation the model sees is kept in its own state, apart from what is displayed: the display carries
+the guard's additions (emergency guidance, disclaimer) and tool-call cards, which must not be fed back to the
+model as if it had said them.
+"""
+
+import html
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from wenzhen import safety
+from wenzhen.errors import WenzhenError
+from wenzhen.generation import ChatEngine, GenerationSettings
+from wenzhen.serve.config import WebConfig
+from wenzhen.serve.tools import call_tool, tool_schemas
+
+Message = dict[str, Any]
+STOPPED_MARK = "……（已停止）"
+
+CSS = """
+#emergency-banner {border: 3px solid #c62828; background: #ffebee; border-radius: 8px; padding: 8px 14px;}
+#emergency-banner * {color: #b71c1c !important;}
+#disclaimer {font-size: 0.9em; color: #555;}
+body, .gradio-container {font-family: "WenQuanYi Zen Hei", "Noto Sans CJK SC", sans-serif;}
+"""
+
+
+class StopSwitch:
+    """The stop button's target for one turn, which may run several generations (tool rounds, two models).
+
+    Each generation gets its own engine stop event, because the engine may set a finished generation's event
+    itself; `pressed` remembers that the user asked to stop, so no further generation of the turn starts.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._event = threading.Event()
+
+    def next_event(self) -> threading.Event:
+        """The stop event for the next generation (already set if the user pressed stop)."""
+        self._event = threading.Event()
+        if self.pressed:
+            self._event.set()
+        return self._event
+
+    def press(self) -> None:
+        """Stop the running generation and any later one in this turn."""
+        self.pressed = True
+        self._event.set()
+
+
+def banner_update(verdict: safety.GuardVerdict) -> Any:
+    """The emergency banner: shown with the guard's guidance when it fired, hidden otherwise."""
+    if not verdict.fired:
+        return gr.update(value="", visible=False)
+    lines = "<br>".join(html.escape(line) for line in verdict.emergency_text.splitlines())
+    return gr.update(value=f"<div role='alert'>{lines}</div>", visible=True)
+
+
+def tool_card(name: str, arguments: dict[str, Any], observation: str) -> Message:
+    """How a tool call is displayed: a collapsible card with the arguments and the tool's answer."""
+    body = (
+        f"参数：`{json.dumps(arguments, ensure_ascii=False)}`\n\n"
+        f"结果：\n```json\n{json.dumps(json.loads(observation), ensure_ascii=False, indent=1)}\n```"
+    )
+    return {"role": "assistant", "content": body, "metadata": {"title": f"调用工具 {name}"}}
+
+
+class ConsultationUI:
+    """The UI's behaviour, independent of the widgets: each handler takes and returns plain values."""
+
+    def __init__(self, engines: list[ChatEngine], config: WebConfig) -> None:
+        self.engines = engines
+        self.config = config
+        self.guard = safety.get_guard(config.safety)
+        self._switches: dict[str, StopSwitch] = {}
+        self.max_length = max(16, engines[0].max_context // 2)
+
+    @property
+    def tools_supported(self) -> bool:
+        """Whether the main model's family can call tools."""
+        return self.engines[0].family.supports_tools
+
+    def settings(
+        self, max_length: float, top_p: float, temperature: float, penalty: float
+    ) -> GenerationSettings:
+        """Sampling settings from the sliders."""
+        return self.config.generation.model_copy(
+            update={
+                "max_new_tokens": int(max_length),
+                "top_p": float(top_p),
+                "temperature": float(temperature),
+                "repetition_penalty": float(penalty),
+            }
+        )
+
+    def _new_switch(self, request: gr.Request | None) -> StopSwitch:
+        """A fresh stop switch for this browser session's turn (the stop button presses it)."""
+        switch = StopSwitch()
+        self._switches[getattr(request, "session_hash", None) or "local"] = switch
+        return switch
+
+    def stop(self, request: gr.Request) -> None:
+        """Stop this session's running generation at the next token."""
+        switch = self._switches.get(getattr(request, "session_hash", None) or "local")
+        if switch is not None:
+            switch.press()
+
+    def _model_messages(self, system: str, conversation: list[Message]) -> list[Message]:
+        return (
+            [{"role": "system", "content": system}, *conversation] if system.strip() else list(conversation)
+        )
+
+    def answer(
+        self,
+        engine: ChatEngine,
+        system: str,
+        conversation: list[Message],
+        display: list[Message],
+        settings: GenerationSettings,
+        use_tools: bool,
+        stop: StopSwitch,
+    ) -> Iterator[safety.GuardVerdict]:
+        """Stream the assistant's turn into `display` and `conversation`, calling tools when the model asks;
+        yields the guard's verdict after every visible change."""
+        verdict = self.guard.check(conversation)
+        prefix, suffix = safety.answer_prefix(verdict), safety.answer_suffix(verdict)
+        tools = tool_schemas() if use_tools and engine.family.supports_tools else None
+        for _ in range(self.config.max_tool_rounds):
+            display.append({"role": "assistant", "content": prefix})
+            messages = self._model_messages(system, conversation)
+            stream = engine.stream(messages, settings, tools, stop.next_event())
+            text = ""
+            for delta in stream:
+                text += delta
+                display[-1] = {"role": "assistant", "content": prefix + text}
+                yield verdict
+            result = stream.result
+            assert result is not None
+            cancelled = result.finish_reason == "cancelled"
+            call = None if cancelled else result.tool_call
+            if call is None:
+                shown = text.strip() + (STOPPED_MARK if cancelled else "")
+                display[-1] = {"role": "assistant", "content": prefix + shown + suffix}
+                conversation.append({"role": "assistant", "content": text.strip()})
+                yield verdict
+                return
+            observation = call_tool(call["name"], call["arguments"])
+            display[-1] = tool_card(call["name"], call["arguments"], observation)
+            if prefix:
+                display.insert(len(display) - 1, {"role": "assistant", "content": prefix.strip()})
+                prefix = ""
+            arguments = json.dumps(call["arguments"], ensure_ascii=False)
+            conversation.append({"role": "assistant", "metadata": call["name"], "content": arguments})
+            conversation.append({"role": "observation", "content": observation})
+            yield verdict
+        display.append(
+            {
+                "role": "assistant",
+                "content": f"（已达到工具调用上限 {self.config.max_tool_rounds} 次）{suffix}",
+            }
+        )
+        yield verdict
+
+    def chat(
+        self,
+        message: str,
+        display: list[Message],
+        conversation: list[Message],
+        system: str,
+        max_length: float,
+        top_p: float,
+        temperature: float,
+        penalty: float,
+        use_tools: bool,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Send the textbox's question and stream the answer."""
+        if not message.strip():
+            yield display, display, conversation, gr.update(), message
+            return
+        display = [*display, {"role": "user", "content": message}]
+        conversation = [*conversation, {"role": "user", "content": message}]
+        yield from self._stream_turn(
+            display, conversation, system, (max_length, top_p, temperature, penalty), use_tools, request
+        )
+
+    def regenerate(
+        self,
+        display: list[Message],
+        conversation: list[Message],
+        system: str,
+        max_length: float,
+        top_p: float,
+        temperature: float,
+        penalty: float,
+        use_tools: bool,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Drop the last answer (with its tool calls) and answer the last question again."""
+        last_user = max((i for i, m in enumerate(conversation) if m["role"] == "user"), default=None)
+        shown_user = max((i for i, m in enumerate(display) if m["role"] == "user"), default=None)
+        if last_user is None or shown_user is None:
+            yield display, display, conversation, gr.update(), ""
+            return
+        display, conversation = display[: shown_user + 1], conversation[: last_user + 1]
+        yield from self._stream_turn(
+            display, conversation, system, (max_length, top_p, temperature, penalty), use_tools, request
+        )
+
+    def _stream_turn(
+        self,
+        display: list[Message],
+        conversation: list[Message],
+        system: str,
+        sliders: tuple[float, float, float, float],
+        use_tools: bool,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        stop = self._new_switch(request)
+        settings = self.settings(*sliders)
+        try:
+            # A user error (e.g. the conversation no longer fits the context) is shown as a Gradio toast.
+            for verdict in self.answer(
+                self.engines[0], system, conversation, display, settings, use_tools, stop
+            ):
+                yield display, display, conversation, banner_update(verdict), ""
+        except WenzhenError as exc:
+            raise gr.Error(str(exc)) from None
+        finally:
+            # Reached too when Gradio cancels this generator (clear, closed tab): end the generation.
+            stop.press()
+
+    def clear(self) -> tuple[Any, ...]:
+        """Empty conversation, no banner."""
+        return [], [], [], gr.update(value="", visible=False), ""
+
+    def compare(
+        self,
+        question: str,
+        system: str,
+        max_length: float,
+        top_p: float,
+        temperature: float,
+        penalty: float,
+        request: gr.Request,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Both models answer the same question (one after the other, streaming), side by side."""
+        if not question.strip() or len(self.engines) < 2:
+            yield gr.update(), gr.update(), gr.update()
+            return
+        conversation = [{"role": "user", "content": question}]
+        columns: list[list[Message]] = [[dict(conversation[0])], [dict(conversation[0])]]
+        stop = self._new_switch(request)
+        settings = self.settings(max_length, top_p, temperature, penalty)
+        try:
+            for side, engine in enumerate(self.engines[:2]):
+                if stop.pressed:
+                    break
+                for verdict in self.answer(
+                    engine, system, list(conversation), columns[side], settings, False, stop
+                ):
+                    yield columns[0], columns[1], banner_update(verdict)
+        finally:
+            stop.press()
+
+
+def build_ui(ui: ConsultationUI, names: list[str]) -> gr.Blocks:
+    """The Gradio Blocks app."""
+    config = ui.config
+    with gr.Blocks(title=config.title) as demo:
+        gr.Markdown(f"## {config.title}")
+        gr.Markdown(f"⚕️ {config.safety.disclaimer}", elem_id="disclaimer")
+        banner = gr.HTML(visible=False, elem_id="emergency-banner")
+        with gr.Accordion("设置", open=False):
+            system = gr.Textbox(
+                config.safety.system_prompt, label="系统提示词", lines=3, elem_id="system-prompt"
+            )
+            with gr.Row():
+                default_length = min(config.generation.max_new_tokens, ui.max_length)
+                max_length = gr.Slider(1, ui.max_length, default_length, step=1, label="最大生成长度")
+                top_p = gr.Slider(0.05, 1.0, config.generation.top_p, step=0.05, label="top_p")
+                temperature = gr.Slider(
+                    0.0, 2.0, config.generation.temperature, step=0.05, label="temperature"
+                )
+                penalty = gr.Slider(
+                    1.0, 2.0, config.generation.repetition_penalty, step=0.05, label="重复惩罚"
+                )
+        sliders = [max_length, top_p, temperature, penalty]
+        with gr.Tab("问诊", elem_id="tab-chat"):
+            display_state = gr.State([])
+            conversation_state = gr.State([])
+            chatbot = gr.Chatbot(label=names[0], height=460, elem_id="chatbot", buttons=["copy"])
+            with gr.Row():
+                message = gr.Textbox(
+                    placeholder="请描述您的症状或问题……", show_label=False, scale=6, elem_id="question"
+                )
+                send = gr.Button("发送", variant="primary", scale=1, elem_id="send")
+            with gr.Row():
+                stop = gr.Button("停止", elem_id="stop")
+                regenerate = gr.Button("重新生成", elem_id="regenerate")
+                clear = gr.Button("清空", elem_id="clear")
+                use_tools = gr.Checkbox(
+                    False,
+                    label="工具模式（药品查询）",
+                    interactive=ui.tools_supported,
+                    info=None if ui.tools_supported else "此模型不支持工具调用",
+                    elem_id="tools",
+                )
+            gr.Examples(config.examples, inputs=message, label="示例问题")
+        outputs = [chatbot, display_state, conversation_state, banner, message]
+        chat_inputs = [message, display_state, conversation_state, system, *sliders, use_tools]
+        events = [
+            message.submit(ui.chat, chat_inputs, outputs),
+            send.click(ui.chat, chat_inputs, outputs),
+            regenerate.click(ui.regenerate, chat_inputs[1:], outputs),
+        ]
+        # The stop button ends the generation through the engine's stop event, so the partial answer is kept
+        # and finished (marked as stopped, with the disclaimer) rather than cut off mid-update.
+        stop.click(ui.stop)
+        clear.click(ui.clear, None, outputs, cancels=events)
+        if len(names) > 1:
+            with gr.Tab("对比", elem_id="tab-compare"):
+                with gr.Row():
+                    question = gr.Textbox(
+                        placeholder="同一个问题，两个模型分别回答",
+                        show_label=False,
+                        scale=6,
+                        elem_id="compare-question",
+                    )
+                    ask = gr.Button("对比", variant="primary", scale=1, elem_id="compare-send")
+                with gr.Row():
+                    left = gr.Chatbot(label=names[0], height=420, elem_id="compare-left")
+                    right = gr.Chatbot(label=names[1], height=420, elem_id="compare-right")
+            question.submit(ui.compare, [question, system, *sliders], [left, right, banner])
+            ask.click(ui.compare, [question, system, *sliders], [left, right, banner])
+    return demo
+
+
+def run_web(
+    model: str,
+    config: WebConfig,
+    *,
+    adapter: str | None = None,
+    base: str | None = None,
+    compare: str | None = None,
+    compare_adapter: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> None:
+    """Load the model(s) and serve the UI until interrupted."""
+    from wenzhen.models import load_model
+
+    loaded = [load_model(model, adapter=adapter, base=base, device=device, dtype=dtype)]
+    if compare or compare_adapter:
+        loaded.append(
+            load_model(compare or model, adapter=compare_adapter, base=base, device=device, dtype=dtype)
+        )
+    names = [m.name for m in loaded]
+    if len(names) == 2 and names[0] == names[1]:
+        names = [f"A: {names[0]}", f"B: {names[1]}"]
+    ui = ConsultationUI([ChatEngine(m) for m in loaded], config)
+    demo = build_ui(ui, names)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        show_error=True,
+        quiet=True,
+        theme=gr.themes.Default(font=["WenQuanYi Zen Hei", "sans-serif"], font_mono=["monospace"]),
+        css=CSS,
+        footer_links=[],
+    )
+    print(f"wenzhen web: serving {' vs '.join(names)} on http://{host}:{port}", flush=True)
+    try:
+        demo.block_thread()
+    finally:
+        demo.close()
