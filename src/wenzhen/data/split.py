@@ -20,7 +20,7 @@ NO_DEPARTMENT = "(none)"
 
 def conversation_key(messages: list[Message]) -> int:
     """Identity of a cleaned conversation for exact de-duplication (roles and texts)."""
-    return hash(tuple(f"{m['role']}\x00{m['content']}" for m in messages))
+    return hash((tuple(m["role"] for m in messages), tuple(m["content"] for m in messages)))
 
 
 def question_key(messages: list[Message]) -> int:
