@@ -52,6 +52,7 @@ def running_server(
                     pytest.fail(f"server did not answer {ready_url} within {STARTUP_TIMEOUT_S}s")
                 time.sleep(0.3)
             process.base_url = ready_url.rsplit("/", 1)[0]  # type: ignore[attr-defined]
+            process.log_path = log  # type: ignore[attr-defined]
             yield process
         finally:
             with contextlib.suppress(ProcessLookupError):

@@ -34,10 +34,20 @@ def _start_api(model: Path, workdir: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def api(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API on the shared tiny ChatGLM3 (random weights: fluent nonsense, full-length answers)."""
+def api_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The API process on the shared tiny ChatGLM3 (random weights: fluent nonsense, full-length answers)."""
     with _start_api(tiny_model, tmp_path_factory.mktemp("api")) as server:
-        yield server.base_url
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api(api_server: Any) -> str:
+    return str(api_server.base_url)
+
+
+def test_server_says_where_it_listens(api_server: Any) -> None:
+    printed = Path(api_server.log_path).read_text(encoding="utf-8")
+    assert f"wenzhen api: serving '{MODEL_ID}' on {api_server.base_url}/v1 (bearer key required)" in printed
 
 
 @pytest.fixture(scope="module")
