@@ -50,7 +50,7 @@ def peak_gib() -> float:
 
 def reset_peak() -> None:
     if DEVICE == "cuda":
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
         torch.cuda.empty_cache()
 
 
