@@ -334,14 +334,16 @@ class SafetyConfig(StrictModel):
     history_messages: int = Field(
         4, ge=1, le=50, description="how many of the latest user messages are scanned"
     )
-    emergency_number: str = "120"
+    emergency_number: str = Field("120", description="the emergency number named in the guidance")
     crisis_lines: list[str] = Field(
         default_factory=lambda: ["全国统一心理援助热线 12356", "希望24热线 400-161-9995"],
         description="mental-health crisis lines named when the suicide category fires",
     )
-    disclaimer: str = DISCLAIMER
-    system_prompt: str = SYSTEM_PROMPT
-    extra_rules: list[ExtraRule] = Field(default_factory=list)
+    disclaimer: str = Field(DISCLAIMER, description="appended to every answer; empty = none")
+    system_prompt: str = Field(SYSTEM_PROMPT, description="added when the conversation has no system message")
+    extra_rules: list[ExtraRule] = Field(
+        default_factory=list, description="site-specific rules: [{category, all_of: [regex, ...]}]"
+    )
 
     @field_validator("categories")
     @classmethod

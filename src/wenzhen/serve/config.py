@@ -30,24 +30,29 @@ class ApiConfig(StrictModel):
     api_key_env: str = Field(
         "WENZHEN_API_KEY", description="environment variable holding the bearer token; unset = no auth"
     )
-    limits: ApiLimits = Field(default_factory=ApiLimits)
-    generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    limits: ApiLimits = Field(default_factory=ApiLimits, description="request and concurrency limits")
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="defaults for fields a request leaves out"
+    )
+    safety: SafetyConfig = Field(default_factory=SafetyConfig, description="the safety guard")
 
 
 class WebConfig(StrictModel):
     """`wenzhen web` settings."""
 
-    title: str = "问诊 wenzhen · 医疗咨询"
-    generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    title: str = Field("问诊 wenzhen · 医疗咨询", description="page title")
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="initial slider values"
+    )
+    safety: SafetyConfig = Field(default_factory=SafetyConfig, description="the safety guard")
     max_tool_rounds: int = Field(3, ge=1, le=10, description="tool calls the model may chain per question")
     examples: list[str] = Field(
+        description="example questions shown under the chat",
         default_factory=lambda: [
             "最近总是失眠，白天没精神，该怎么调理？",
             "孩子3岁，发烧38.5度，精神还好，需要去医院吗？",
             "胃溃疡的人可以吃布洛芬吗？",
             "体检发现尿酸偏高，饮食上要注意什么？",
             "我爸突然胸口剧痛，满头大汗，怎么办？",
-        ]
+        ],
     )
