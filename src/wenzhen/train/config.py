@@ -171,7 +171,8 @@ class PerformanceConfig(StrictModel):
     """Speed switches (defaults measured in benchmarks/train_throughput.py, see docs/training.md)."""
 
     attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = Field(
-        default="auto", description="auto: flash-attention 2 where installed, else PyTorch SDPA"
+        default="auto",
+        description="auto: on GPU flash-attention 2 where installed, else flex attention when packing; SDPA on CPU",
     )
     row_tokens: int | None = Field(
         default=None,
