@@ -232,3 +232,18 @@ def test_client_disconnect_stops_its_generation(api: str) -> None:
     idle_after = _wait_idle(api, timeout=full_seconds)
     print(f"\nfull generation {full_seconds:.2f}s; idle {idle_after:.2f}s after the streaming client left")
     assert idle_after < full_seconds / 2
+    # A non-streaming client that gives up (its timeout closes the connection) stops its generation too.
+    started = time.monotonic()
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{api}/v1/chat/completions",
+            json={**body, "stream": False},
+            headers=headers,
+            timeout=full_seconds / 4,
+        )
+    _wait_idle(api, timeout=full_seconds)
+    gone_after = time.monotonic() - started
+    print(
+        f"non-streaming client left after {full_seconds / 4:.2f}s; server idle {gone_after:.2f}s after the start"
+    )
+    assert gone_after < full_seconds * 0.75
