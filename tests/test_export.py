@@ -159,12 +159,17 @@ def test_own_native_adapter_matches_peft_merge_in_small_shards(tiny, tmp_path):
             assert (merged(ids).logits - expected).abs().max() <= TOLERANCE
 
 
-def test_default_bf16_merge_is_verified(tiny, official_adapter, tmp_path):
-    report = merge(official_adapter, tmp_path / "bf16", base=tiny)
+@pytest.mark.parametrize(("layout", "embedding"), [("hf", "model.embed_tokens.weight"), ("chatglm3", None)])
+def test_default_bf16_merge_is_verified(tiny, official_adapter, tmp_path, layout, embedding):
+    report = merge(official_adapter, tmp_path / "bf16", base=tiny, export_format=layout)
     assert report.dtype == "bfloat16" and report.verification is not None
     assert report.verification["max_abs_logit_diff"] <= report.verification["tolerance"]
+    embedding = embedding or "transformer.embedding.word_embeddings.weight"
     with safe_open(str(tmp_path / "bf16" / "model.safetensors"), "pt") as handle:
-        assert handle.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+        assert handle.get_tensor(embedding).dtype == torch.bfloat16
+        if layout == "chatglm3":
+            # Rounded to bf16 the 6B's frequencies fail the loader's check; they stay fp32.
+            assert handle.get_tensor("transformer.rotary_pos_emb.inv_freq").dtype == torch.float32
 
 
 def test_a_merge_that_loses_the_adapter_fails_verification_and_writes_nothing(

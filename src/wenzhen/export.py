@@ -357,7 +357,9 @@ class ChatGLM3Format(ExportFormat):
         complete = {name: t for name, t in pending.items() if name not in held}
         ready = chatglm3.native_to_official(complete, glm_config_of(context.base_dir)) if complete else {}
         if final:
-            ready[chatglm3._DERIVED] = self.rotary_frequencies(context).to(context.dtype)
+            # Kept in fp32 whatever the export dtype: rounded to bf16 it would no longer match the frequencies
+            # the model computes (loaders check it), and the official code keeps its own buffer dtype anyway.
+            ready[chatglm3._DERIVED] = self.rotary_frequencies(context).float()
         return ready, held
 
     @staticmethod
