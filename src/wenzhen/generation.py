@@ -209,6 +209,7 @@ class ChatEngine:
         worker.start()
         ids: list[int] = []
         emitted = ""
+        drained = False
         try:
             while (chunk := streamer.queue.get()) is not None:
                 ids.extend(chunk)
@@ -218,9 +219,10 @@ class ChatEngine:
                 if len(text) > len(emitted) and text.startswith(emitted):
                     yield text[len(emitted) :]
                     emitted = text
+            drained = True
         finally:
-            # Reached early when the consumer stops iterating (client gone): tell generate to stop too.
-            if worker.is_alive():
+            # The consumer stopped iterating before the end (client gone): tell generate to stop too.
+            if not drained:
                 stop_event.set()
             worker.join()
         if errors:
