@@ -309,14 +309,21 @@ class ChatGLM3Family(ModelFamily):
         check_tokenizer_matches(tokenizer, raw.get("padded_vocab_size", VOCAB_SIZE), model_dir)
         return tokenizer
 
-    def load_model(self, model_dir: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    def load_model(
+        self, model_dir: Path, dtype: torch.dtype, device: torch.device, quantization: Any = None
+    ) -> PreTrainedModel:
         """Official layout through the streaming mapper; converted layout through transformers."""
         raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         if is_official_config(raw):
+            if quantization is not None:
+                raise WenzhenError(
+                    f"quantised loading needs the native layout; run `wenzhen convert {model_dir} CONVERTED_DIR` "
+                    "and use CONVERTED_DIR"
+                )
             return load_official_model(model_dir, dtype, device)
         from wenzhen.models.hf import load_native_model
 
-        model = load_native_model(model_dir, dtype, device)
+        model = load_native_model(model_dir, dtype, device, quantization)
         model.generation_config.eos_token_id = list(STOP_IDS)
         return model
 

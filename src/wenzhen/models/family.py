@@ -34,8 +34,11 @@ class ModelFamily(ABC):
         """The tokenizer of `model_dir`, with a chat template."""
 
     @abstractmethod
-    def load_model(self, model_dir: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
-        """The transformers model of `model_dir` in `dtype` on `device`."""
+    def load_model(
+        self, model_dir: Path, dtype: torch.dtype, device: torch.device, quantization: Any = None
+    ) -> PreTrainedModel:
+        """The transformers model of `model_dir` in `dtype` on `device` (quantised on load when given a
+        transformers quantization config, e.g. `BitsAndBytesConfig`)."""
 
     @abstractmethod
     def encode_prompt(

@@ -10,10 +10,14 @@ from wenzhen.errors import WenzhenError
 from wenzhen.models.family import FAMILIES, Message, ModelFamily
 
 
-def load_native_model(model_dir: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
-    """transformers' own loader (it streams shards); weights land directly on `device`."""
+def load_native_model(
+    model_dir: Path, dtype: torch.dtype, device: torch.device, quantization: Any = None
+) -> PreTrainedModel:
+    """transformers' own loader (it streams shards, and quantises on load); weights land directly on `device`."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=str(device))
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, device_map=str(device), quantization_config=quantization
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise WenzhenError(f"transformers cannot load {model_dir}: {str(exc).splitlines()[0]}") from None
     return model.eval()
@@ -40,9 +44,11 @@ class HFChatFamily(ModelFamily):
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
-    def load_model(self, model_dir: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    def load_model(
+        self, model_dir: Path, dtype: torch.dtype, device: torch.device, quantization: Any = None
+    ) -> PreTrainedModel:
         """Through transformers' native loader."""
-        return load_native_model(model_dir, dtype, device)
+        return load_native_model(model_dir, dtype, device, quantization)
 
     def encode_prompt(
         self,

@@ -158,11 +158,12 @@ def load_model(
     device: str | torch.device | None = None,
     adapter: str | Path | None = None,
     base: str | Path | None = None,
+    quantization: Any = None,
 ) -> LoadedModel:
-    """Load a model for generation or evaluation.
+    """Load a model for generation, evaluation or training.
 
     `path` is a model directory or an adapter directory; `adapter` adds an adapter to a model directory; `base`
-    overrides the base recorded in an adapter.
+    overrides the base recorded in an adapter; `quantization` is a transformers quantization config (QLoRA).
     """
     target = Path(path)
     adapter_dir = Path(adapter) if adapter is not None else None
@@ -176,7 +177,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, torch_device)
     family = detect_family(target)
     tokenizer = family.load_tokenizer(target)
-    model = family.load_model(target, torch_dtype, torch_device)
+    model = family.load_model(target, torch_dtype, torch_device, quantization)
     if adapter_dir is not None:
         model = attach_adapter(model, adapter_dir, family)
     return LoadedModel(model=model, tokenizer=tokenizer, family=family, path=target, adapter=adapter_dir)

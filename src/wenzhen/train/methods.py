@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from wenzhen.errors import WenzhenError
-from wenzhen.models import LoadedModel, detect_family, load_model, load_tokenizer
+from wenzhen.models import LoadedModel, load_model
 from wenzhen.models.family import ModelFamily
 from wenzhen.registry import Registry
 from wenzhen.train.config import PeftConfig, TrainConfig
@@ -162,16 +162,10 @@ class QLoraMethod(LoraMethod):
             raise WenzhenError("QLoRA needs bitsandbytes: `pip install bitsandbytes`, or use method lora")
 
     def load(self, model_dir: Path, device: torch.device, config: TrainConfig) -> LoadedModel:
-        """Quantise while loading; the official ChatGLM3 layout must be converted to the native one first."""
+        """Quantise while loading (through the one loader; official ChatGLM3 downloads must be converted first)."""
         from peft import prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+        from transformers import BitsAndBytesConfig
 
-        family = detect_family(model_dir)
-        if not (model_dir / "model.safetensors").exists() and not any(model_dir.glob("model-*.safetensors")):
-            raise WenzhenError(
-                f"QLoRA loads native safetensors checkpoints; run `wenzhen convert {model_dir} CONVERTED_DIR` "
-                "and train on CONVERTED_DIR"
-            )
         compute = peft_dtype(device)
         quantization = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -179,12 +173,9 @@ class QLoraMethod(LoraMethod):
             bnb_4bit_use_double_quant=config.quantization.double_quant,
             bnb_4bit_compute_dtype=compute,
         )
-        # The one loader has no quantised path; transformers' own loader is the only one that quantises on load.
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, quantization_config=quantization, dtype=compute, device_map={"": device}
-        )
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return LoadedModel(model=model, tokenizer=load_tokenizer(model_dir), family=family, path=model_dir)
+        loaded = load_model(model_dir, dtype=compute, device=device, quantization=quantization)
+        loaded.model = prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
+        return loaded
 
 
 for _method in (LoraMethod(), PrefixTuningMethod(), FullMethod(), QLoraMethod()):
