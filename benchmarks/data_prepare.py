@@ -109,34 +109,53 @@ def parse_time_v(stderr: str) -> dict[str, float]:
     }
 
 
-def render(result: dict) -> str:
-    """The Markdown summary of one result."""
-    report, machine_info = result["report"], result["machine"]
+def render(runs: list[dict]) -> str:
+    """The Markdown summary: the latest run in full, then every recorded run (the machine is shared, so the load
+    average during each run is part of the figure)."""
+    latest = runs[-1]
+    report, machine_info = latest["report"], latest["machine"]
     length = report["length"]
-    return "\n".join(
-        [
-            f"# {result['name']}",
-            "",
-            f"`{result['command']}` on {machine_info['cpu']} ({machine_info['cores']} cores, "
-            f"{machine_info['memory_gib']} GiB), Python {machine_info['python']}.",
-            "",
-            "| rows | corpus MiB | length unit | wall s | CPU s (all processes) | peak RSS MiB (largest process) "
-            "| read | kept | duplicates | rejected |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            f"| {result['corpus_rows']:,} | {result['corpus_bytes'] / 2**20:.0f} | {length['unit']} | "
-            f"{result['wall_seconds']:.1f} | {result['cpu_seconds']} | {result['peak_rss_mib']} | {report['read']:,} | "
-            f"{report['kept']:,} | {report['duplicates']:,} | {report['rejected']:,} |",
-            "",
-            f"- Inside `prepare` (after the CLI's imports): {report['seconds']:.1f} s wall; main process "
-            f"{result['main_process_cpu_seconds']} s CPU, peak RSS {result['main_process_peak_rss_mib']} MiB.",
-            f"- Token-measuring worker: {result['measure_worker_cpu_seconds']} s CPU, peak RSS "
-            f"{result['measure_worker_peak_rss_mib']} MiB; counter: {length.get('counter', 'characters')}.",
-            f"- 1-minute load average before/after: {result['load_average_1min']['before']:.1f} / "
-            f"{result['load_average_1min']['after']:.1f} (other jobs share the 2 cores); niceness {result['niceness']}.",
-            "",
-            "Targets: <= 60 s wall, <= 1 GiB peak RSS.",
-        ]
+    lines = [
+        "# data_prepare",
+        "",
+        f"`{latest['command']}` on {machine_info['cpu']} ({machine_info['cores']} cores, "
+        f"{machine_info['memory_gib']} GiB), Python {machine_info['python']}: {latest['corpus_rows']:,} generated "
+        f"Toyhom rows ({latest['corpus_bytes'] / 2**20:.0f} MiB GB18030 CSV), lengths in {length['unit']} "
+        f"({length.get('counter', 'characters')}).",
+        "",
+        f"Latest run: read {report['read']:,}, kept {report['kept']:,}, duplicates {report['duplicates']:,}, "
+        f"rejected {report['rejected']:,}; splits {report['splits']}.",
+        "",
+        "| commit | wall s | inside prepare s | CPU s main / worker / all | peak RSS MiB main / worker | "
+        "load avg before / after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        lines.append(
+            f"| {run.get('commit', '?')} | {run['wall_seconds']:.1f} | {run['report']['seconds']:.1f} | "
+            f"{run['main_process_cpu_seconds']} / {run['measure_worker_cpu_seconds']} / {run['cpu_seconds']} | "
+            f"{run['main_process_peak_rss_mib']} / {run['measure_worker_peak_rss_mib']} | "
+            f"{run['load_average_1min']['before']:.1f} / {run['load_average_1min']['after']:.1f} |"
+        )
+    lines += [
+        "",
+        "wall and all-process CPU come from `/usr/bin/time -v` around the CLI (its imports included: the CLI "
+        "imports torch through other stages' command modules); 'inside prepare' is the report's own timer. "
+        "/usr/bin/time's peak RSS is the largest single process (the main one). Other engineers' jobs shared "
+        "the 2 cores during these runs; compare runs by their load average.",
+        "",
+        "Targets: <= 60 s wall, <= 1 GiB peak RSS.",
+    ]
+    return "\n".join(lines)
+
+
+def git_commit() -> str:
+    """The short commit the benchmark ran on ('+dirty' when the working tree has changes)."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
     )
+    dirty = subprocess.run(["git", "diff", "--quiet", "--", "src"], cwd=ROOT, check=False).returncode
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -159,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     keys = ("read", "kept", "duplicates", "rejected", "rejected_by_reason", "splits", "length", "seconds")
     return {
-        "name": args.name,
+        "commit": git_commit(),
         "machine": machine(),
         "command": " ".join(command),
         "corpus_rows": args.rows,
@@ -189,10 +208,11 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(
-        json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
-    summary = render(result)
+    results_file = RESULTS / f"{args.name}.json"
+    history = json.loads(results_file.read_text(encoding="utf-8")) if results_file.exists() else {"runs": []}
+    history["runs"].append(result)
+    results_file.write_text(json.dumps(history, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    summary = render(history["runs"])
     (RESULTS / f"{args.name}.md").write_text(summary + "\n", encoding="utf-8")
     print(summary)
 
