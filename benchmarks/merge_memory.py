@@ -3,9 +3,9 @@
 Builds (once, in WORK_DIR) the 6B checkpoint the way the official download ships it (7 fp16 `.bin` shards,
 12.5 GB, from `../shared/chatglm3/chatglm3-6b-config.json`) and a random r=8 LoRA adapter in the official finetune
 demo's layout (target `query_key_value`, non-zero B so the merge really changes every layer), then runs
-`wenzhen merge` in a fresh process under `/usr/bin/time -v` (its peak RSS is the process's own) for each mode:
-`merge` (--no-verify: the merge alone) and `merge+verify` (the default: the logit check loads base + adapter, then
-the merged model, one after the other). Writes `benchmarks/results/merge_memory.{json,md}` with the machine.
+`wenzhen merge` in a fresh process under `/usr/bin/time -v` (its peak RSS is the process's own) for each output
+format (`hf`, `chatglm3`) and mode: `merge` (--no-verify: the merge alone) and `merge+verify` (the default: the
+logit check loads base + adapter, then the merged model, one after the other). Writes `benchmarks/results/merge_memory.{json,md}` with the machine.
 
     python benchmarks/merge_memory.py /tmp/wenzhen-merge-bench
 """
@@ -75,7 +75,7 @@ def time_v(report: str, key: str) -> str:
     return match.group(1).strip()
 
 
-def run_merge(base: Path, adapter: Path, out: Path, verify: bool) -> dict:
+def run_merge(base: Path, adapter: Path, out: Path, verify: bool, layout: str) -> dict:
     """`wenzhen merge` in a fresh process; its peak RSS and wall time."""
     shutil.rmtree(out, ignore_errors=True)
     time_file = out.parent / "time.txt"
@@ -90,7 +90,15 @@ def run_merge(base: Path, adapter: Path, out: Path, verify: bool) -> dict:
         "--out-dir",
         str(out),
     ]
-    command += ["--base", str(base), "--dtype", "bf16", *([] if verify else ["--no-verify"])]
+    command += [
+        "--base",
+        str(base),
+        "--dtype",
+        "bf16",
+        "--format",
+        layout,
+        *([] if verify else ["--no-verify"]),
+    ]
     started = time.monotonic()
     completed = subprocess.run(command, capture_output=True, text=True)
     wall = time.monotonic() - started
@@ -99,6 +107,7 @@ def run_merge(base: Path, adapter: Path, out: Path, verify: bool) -> dict:
     report = time_file.read_text()
     written = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     row = {
+        "format": layout,
         "mode": "merge+verify" if verify else "merge",
         "wall_s": round(wall, 1),
         "peak_rss_gib": round(int(time_v(report, "Maximum resident set size (kbytes)")) / 1024**2, 2),
@@ -116,13 +125,13 @@ def render(result: dict) -> str:
     """The markdown results table."""
     lines = [
         f"# `wenzhen merge` of a random r=8 LoRA into a same-shape ChatGLM3-6B ({result['base_gib']} GiB fp16, "
-        f"{result['base_shards']} .bin shards) to bf16 safetensors",
+        f"{result['base_shards']} .bin shards) to bf16 safetensors, `--format hf` and the official `--format chatglm3` layout",
         "",
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['ram_gib']} GiB "
         f"RAM, GPU: {result['machine']['gpu'] or 'none'}, torch {result['machine']['torch']}",
         "",
-        "| mode | wall s | peak RSS GiB | written GiB | max abs logit diff | tolerance | peft's own merge | adapter effect |",
-        "|---|---|---|---|---|---|---|---|",
+        "| format | mode | wall s | peak RSS GiB | written GiB | max abs logit diff | tolerance | peft's own merge | adapter effect |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["runs"]:
         check = row.get("verification")
@@ -137,7 +146,7 @@ def render(result: dict) -> str:
             else ["-"] * 4
         )
         lines.append(
-            f"| {row['mode']} | {row['wall_s']} | {row['peak_rss_gib']} | {row['written_gib']} | {' | '.join(cells)} |"
+            f"| {row['format']} | {row['mode']} | {row['wall_s']} | {row['peak_rss_gib']} | {row['written_gib']} | {' | '.join(cells)} |"
         )
     lines += [
         "",
@@ -158,6 +167,7 @@ def main() -> None:
     parser.add_argument(
         "--modes", nargs="+", default=["merge", "merge+verify"], choices=["merge", "merge+verify"]
     )
+    parser.add_argument("--formats", nargs="+", default=["hf", "chatglm3"], choices=["hf", "chatglm3"])
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.work_dir).free
@@ -169,20 +179,21 @@ def main() -> None:
     config = json.loads((base / "config.json").read_text())
     if not (adapter / "adapter_config.json").is_file():
         random_official_adapter(adapter, config)
-    runs = [
-        run_merge(base, adapter, args.work_dir / "merged", verify=mode == "merge+verify")
-        for mode in args.modes
-    ]
     shards = sorted(base.glob("pytorch_model-*.bin"))
     result = {
         "machine": machine(),
         "base_gib": round(sum(f.stat().st_size for f in shards) / 1024**3, 2),
         "base_shards": len(shards),
-        "runs": runs,
+        "runs": [],
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "merge_memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "merge_memory.md").write_text(render(result))
+    for layout in args.formats:
+        for mode in args.modes:
+            out = args.work_dir / "merged"
+            result["runs"].append(run_merge(base, adapter, out, verify=mode == "merge+verify", layout=layout))
+            # Written after every run, so a later failure keeps what was measured.
+            (RESULTS / "merge_memory.json").write_text(json.dumps(result, indent=2) + "\n")
+            (RESULTS / "merge_memory.md").write_text(render(result))
     print(render(result))
 
 
