@@ -150,11 +150,13 @@ def render(runs: list[dict]) -> str:
 
 
 def git_commit() -> str:
-    """The short commit the benchmark ran on ('+dirty' when the working tree has changes)."""
+    """The short commit the benchmark ran on ('+dirty' when the data stage has uncommitted changes)."""
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
     )
-    dirty = subprocess.run(["git", "diff", "--quiet", "--", "src"], cwd=ROOT, check=False).returncode
+    dirty = subprocess.run(
+        ["git", "diff", "--quiet", "--", "src/wenzhen/data"], cwd=ROOT, check=False
+    ).returncode
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
