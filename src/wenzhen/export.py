@@ -233,7 +233,9 @@ def native_tensors(
         for name, tensor in iter_shard(shard):
             if not official:
                 yield name, tensor
-            elif name != chatglm3._DERIVED:  # rotary frequencies: recomputed from the config, never stored
+            elif (
+                name != chatglm3.ROTARY_BUFFER
+            ):  # rotary frequencies: recomputed from the config, never stored
                 assert config is not None
                 yield from chatglm3.official_to_native(name, tensor, config)
 
@@ -359,7 +361,7 @@ class ChatGLM3Format(ExportFormat):
         if final:
             # Kept in fp32 whatever the export dtype: rounded to bf16 it would no longer match the frequencies
             # the model computes (loaders check it), and the official code keeps its own buffer dtype anyway.
-            ready[chatglm3._DERIVED] = self.rotary_frequencies(context).float()
+            ready[chatglm3.ROTARY_BUFFER] = self.rotary_frequencies(context).float()
         return ready, held
 
     @staticmethod
@@ -459,7 +461,7 @@ class ShardWriter:
             save_file({k: v.contiguous() for k, v in ready.items()}, str(file), metadata={"format": "pt"})
             self.files.append((file, list(ready)))
             self.total_bytes += sum(t.numel() * t.element_size() for t in ready.values())
-            self.parameters += sum(t.numel() for k, t in ready.items() if k != chatglm3._DERIVED)
+            self.parameters += sum(t.numel() for k, t in ready.items() if k != chatglm3.ROTARY_BUFFER)
         self.pending = held
         self.pending_bytes = sum(t.numel() * t.element_size() for t in held.values())
 

@@ -12,6 +12,13 @@ from typing import IO, Any
 from wenzhen.errors import WenzhenError
 
 
+def _current_umask() -> int:
+    """The process umask (reading it requires setting it, so it is set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_open(
     path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8"
@@ -22,9 +29,7 @@ def atomic_open(
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     # mkstemp creates 0600; give the final file the permissions an ordinary open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         with open(tmp, mode, encoding=None if "b" in mode else encoding) as handle:
             yield handle
@@ -91,6 +96,8 @@ def atomic_directory(path: str | os.PathLike[str], *, force: bool = False) -> It
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    # mkdtemp creates 0700; the finished directory gets what an ordinary mkdir would (servers may run as others).
+    os.chmod(staging, 0o777 & ~_current_umask())
     try:
         yield staging
         if target.exists():

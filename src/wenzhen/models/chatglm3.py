@@ -43,7 +43,7 @@ _GLOBAL_RENAMES = {
     "transformer.output_layer.weight": "lm_head.weight",
 }
 # Recomputed from the config by the native rotary embedding; checked equal, not loaded.
-_DERIVED = "transformer.rotary_pos_emb.inv_freq"
+ROTARY_BUFFER = "transformer.rotary_pos_emb.inv_freq"
 _LAYER_KEY = re.compile(r"^transformer\.encoder\.layers\.(\d+)\.(.+)$")
 _QKV = "self_attention.query_key_value."
 
@@ -223,7 +223,7 @@ def load_official_model(model_dir: Path, dtype: torch.dtype, device: torch.devic
     loaded: set[str] = set()
     for shard in files.shards:
         for name, tensor in iter_shard(shard):
-            if name == _DERIVED:
+            if name == ROTARY_BUFFER:
                 _check_inv_freq(tensor, model)
                 continue
             for native, piece in official_to_native(name, tensor, config):

@@ -136,12 +136,18 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 def attach_adapter(model: PreTrainedModel, adapter_dir: Path, family: ModelFamily) -> PreTrainedModel:
     """Load a PEFT adapter onto `model`, converting official ChatGLM3 adapters on the fly."""
+    if family.name == chatglm3.ChatGLM3Family.name and chatglm3.is_official_adapter(adapter_dir):
+        log.info("converting official ChatGLM3 adapter %s (query_key_value -> q/k/v)", adapter_dir)
+        with tempfile.TemporaryDirectory(prefix="wenzhen-adapter-") as converted:
+            native = chatglm3.convert_official_adapter(adapter_dir, Path(converted), model.config)
+            # peft reads the weights into memory here, so the converted copy can go afterwards.
+            return _peft_from_pretrained(model, native)
+    return _peft_from_pretrained(model, adapter_dir)
+
+
+def _peft_from_pretrained(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
     from peft import PeftModel
 
-    if family.name == chatglm3.ChatGLM3Family.name and chatglm3.is_official_adapter(adapter_dir):
-        converted = Path(tempfile.mkdtemp(prefix="wenzhen-adapter-"))
-        log.info("converting official ChatGLM3 adapter %s (query_key_value -> q/k/v)", adapter_dir)
-        adapter_dir = chatglm3.convert_official_adapter(adapter_dir, converted, model.config)
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
     except (ValueError, KeyError, RuntimeError) as exc:
