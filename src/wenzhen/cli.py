@@ -1,7 +1,8 @@
 """The `wenzhen` command: parses arguments and hands them to one library function per subcommand.
 
 Each pipeline stage owns a `commands` module with `register(subparsers)`, which adds its subcommands and sets
-`handler` to a function taking the parsed namespace. Only stages listed here are exposed.
+`handler` to a function taking the parsed namespace. Only stages listed here are exposed. A command line naming one
+subcommand imports only the module that owns it, so `wenzhen data prepare` never pays for importing torch.
 """
 
 import argparse
@@ -14,21 +15,28 @@ from collections.abc import Sequence
 from wenzhen import __version__
 from wenzhen.errors import WenzhenError
 
-# One line per stage; the order is the order of `wenzhen --help`.
-COMMAND_MODULES = [
-    "wenzhen.models.commands",
-    "wenzhen.data.commands",
-    "wenzhen.train.commands",
-    "wenzhen.evaluate.commands",
-    "wenzhen.export_commands",
-    "wenzhen.chat_commands",
-    "wenzhen.serve.commands",
-    "wenzhen.demo_commands",
-]
+# One line per stage with the subcommands its module registers; the order is the order of `wenzhen --help`.
+COMMAND_MODULES = {
+    "wenzhen.models.commands": ("convert", "env"),
+    "wenzhen.data.commands": ("data",),
+    "wenzhen.train.commands": ("train",),
+    "wenzhen.evaluate.commands": ("eval",),
+    "wenzhen.export_commands": ("merge",),
+    "wenzhen.chat_commands": ("chat",),
+    "wenzhen.serve.commands": ("web", "api"),
+    "wenzhen.demo_commands": ("demo",),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with every stage's subcommands."""
+def modules_for(argv: Sequence[str]) -> list[str]:
+    """The module owning the subcommand named in `argv`, or every module (for --help or a typo)."""
+    named = next((arg for arg in argv if not arg.startswith("-")), None)
+    owners = [module for module, commands in COMMAND_MODULES.items() if named in commands]
+    return owners or list(COMMAND_MODULES)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every stage's subcommands, or only those of the stage `argv` names."""
     parser = argparse.ArgumentParser(
         prog="wenzhen",
         description="wenzhen (问诊): prepare medical dialogue data, fine-tune ChatGLM3-6B or any Hugging Face chat "
@@ -37,15 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wenzhen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging and full tracebacks")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMAND_MODULES:
+    for module_name in modules_for(argv) if argv is not None else COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wenzhen` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
