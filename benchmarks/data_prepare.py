@@ -139,8 +139,8 @@ def render(runs: list[dict]) -> str:
         )
     lines += [
         "",
-        "wall and all-process CPU come from `/usr/bin/time -v` around the CLI (its imports included: the CLI "
-        "imports torch through other stages' command modules); 'inside prepare' is the report's own timer. "
+        "wall and all-process CPU come from `/usr/bin/time -v` around the CLI (its imports included; before commit "
+        "311123f the CLI also imported torch for other stages); 'inside prepare' is the report's own timer. "
         "/usr/bin/time's peak RSS is the largest single process (the main one). Other engineers' jobs shared "
         "the 2 cores during these runs; compare runs by their load average.",
         "",
