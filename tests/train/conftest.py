@@ -100,3 +100,23 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def tiny_glm():
+    """A seeded two-layer GlmForCausalLM (vocabulary 300) for loss and packing checks."""
+    import torch
+    from transformers import GlmConfig, GlmForCausalLM
+
+    torch.manual_seed(0)
+    config = GlmConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        pad_token_id=0,
+    )
+    return GlmForCausalLM(config)

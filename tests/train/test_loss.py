@@ -1,24 +1,8 @@
 """The labelled-positions loss equals transformers' own causal-LM loss, value and gradients."""
 
 import torch
-from transformers import GlmConfig, GlmForCausalLM
 
 from wenzhen.train.loss import labelled_positions, sparse_logits_loss
-
-
-def tiny_model() -> GlmForCausalLM:
-    torch.manual_seed(0)
-    config = GlmConfig(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        pad_token_id=0,
-    )
-    return GlmForCausalLM(config)
 
 
 def batch() -> dict[str, torch.Tensor]:
@@ -30,8 +14,8 @@ def batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels}
 
 
-def test_matches_transformers_loss_and_gradients():
-    model = tiny_model()
+def test_matches_transformers_loss_and_gradients(tiny_glm):
+    model = tiny_glm
     inputs = batch()
     reference = model(**inputs).loss
     reference.backward()
@@ -51,8 +35,8 @@ def test_only_labelled_positions_reach_the_lm_head():
     assert labelled_positions(labels).tolist() == [3, 7]
 
 
-def test_no_labels_gives_zero_with_a_graph():
-    model = tiny_model()
+def test_no_labels_gives_zero_with_a_graph(tiny_glm):
+    model = tiny_glm
     loss = sparse_logits_loss(
         model, {"input_ids": torch.randint(1, 300, (1, 8)), "labels": torch.full((1, 8), -100)}
     )

@@ -1,7 +1,7 @@
 """Fixed-length packed rows: every sample placed once, no cross-sample attention, same loss as one by one."""
 
 import torch
-from transformers import GlmConfig, GlmForCausalLM, default_data_collator
+from transformers import default_data_collator
 
 from wenzhen.train.encoding import IGNORE, EncodedSample
 from wenzhen.train.loss import sparse_logits_loss
@@ -31,19 +31,8 @@ def test_every_sample_lands_once_in_rows_of_the_given_length():
     )  # best-fit wastes at most a row here
 
 
-def test_packed_rows_give_the_mean_loss_of_the_samples_run_alone():
-    torch.manual_seed(0)
-    config = GlmConfig(
-        vocab_size=200,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        pad_token_id=0,
-    )
-    model = GlmForCausalLM(config).eval()
+def test_packed_rows_give_the_mean_loss_of_the_samples_run_alone(tiny_glm):
+    model = tiny_glm.eval()
     model.config.use_cache = False  # as in training: a KV cache switches packed-sequence masking off
     data = samples(6)
     rows = pack_rows(data, row_tokens=48, seed=0, pad_id=0)
