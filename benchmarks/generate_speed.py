@@ -4,13 +4,17 @@ Variants, all greedy, same prompts, run in one process:
 - `baseline`: plain `model.generate` with transformers' defaults (SDPA attention, dynamic cache);
 - `eager`: the same with eager attention;
 - `sdpa-no-cudnn`: SDPA with the cuDNN backend disabled (it re-plans at every new sequence length);
-- `wenzhen`: `ChatEngine.generate_token_ids`, the path chat/web/API use (static KV cache, compiled decode).
-Also the HBM roofline for batch-1 decode: bytes of weights per token / measured device copy bandwidth.
-Writes `benchmarks/results/generate_speed.{json,md}` with the card.
+- `hf-static`: `model.generate(cache_implementation="static")`, transformers' own compiled static-cache decode;
+- `wenzhen`: `ChatEngine.generate_token_ids`, the path chat/web/API use (`StaticCacheDecoder`: static KV cache,
+  the step compiled into a CUDA graph, our loop).
+For `wenzhen` also the step alone (graph replays back to back, no sampling or host sync: the GPU-bound rate) and,
+with `--profile`, a kernel profile of 32 batch-1 steps. Also the HBM roofline for batch-1 decode: bytes of weights
+per token / measured device copy bandwidth. Writes `benchmarks/results/generate_speed.{json,md}` with the card.
 """
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +27,9 @@ from wenzhen.models.chatglm3_tokenizer import build_chatglm3_tokenizer
 from wenzhen.models.loading import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from profiling import format_profile, profile_steps  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT.parent / "shared" / "chatglm3" / "chatglm3-6b-config.json"
 
@@ -78,12 +85,55 @@ def decode_rate(generate, batch: int, new_tokens: int) -> float:
     return batch * (new_tokens - 1) / (full - one)
 
 
+def step_only(engine: ChatEngine, prompt: torch.Tensor, new_tokens: int, profile: bool) -> dict:
+    """The compiled step alone at batch 1, replayed back to back after a real request filled the cache."""
+    settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0)
+    engine.generate_token_ids(prompt.tolist(), settings)
+    decoder = engine.decoder
+    assert decoder is not None and decoder.cache is not None
+    width = prompt.shape[1]
+    tokens = prompt[:, -1:]
+    mask = torch.ones((1, decoder.cache_shape[1]), dtype=torch.long, device="cuda")
+    positions = torch.tensor([[width]], device="cuda")
+    cache_position = torch.tensor([width], device="cuda")
+
+    def one_step() -> None:
+        torch.compiler.cudagraph_mark_step_begin()
+        decoder.step(tokens, positions, cache_position, mask, decoder.cache)
+
+    def timed_replays() -> float:
+        with torch.inference_mode():
+            for _ in range(5):
+                one_step()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(100):
+                one_step()
+            torch.cuda.synchronize()
+        return 100 / (time.perf_counter() - start)
+
+    # CUDA graphs belong to the thread that recorded them: replay on the engine's generation thread.
+    rate = engine._worker.submit(timed_replays).result()
+    result: dict = {"step_only_b1_tok_s": rate}
+    if profile:
+
+        def full_request() -> None:
+            engine.generate_token_ids(prompt.tolist(), GenerationSettings(max_new_tokens=32, temperature=0))
+
+        result["profile"] = profile_steps(full_request, 1)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--config", type=Path, default=CONFIG, help="official config.json giving the shapes")
-    parser.add_argument("--variants", nargs="+", default=["baseline", "eager", "sdpa-no-cudnn", "wenzhen"])
+    parser.add_argument("--variants", nargs="+", default=["baseline", "hf-static", "wenzhen"])
+    parser.add_argument("--profile", action="store_true", help="profile 32 batch-1 decode steps of wenzhen")
+    parser.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer.model (default: beside --config)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     prompts = torch.randint(100, 60000, (8, args.prompt_tokens), device="cuda")
@@ -94,7 +144,7 @@ def main() -> None:
         model = build_model("eager" if variant == "eager" else "sdpa", args.config)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         if variant == "wenzhen":
-            tokenizer = build_chatglm3_tokenizer(args.config.parent / "tokenizer.model")
+            tokenizer = build_chatglm3_tokenizer(args.tokenizer or args.config.parent / "tokenizer.model")
             engine = ChatEngine(LoadedModel(model, tokenizer, ChatGLM3Family(), ROOT), static_cache=True)
             engine.stop_ids = []  # random weights: decode a fixed number of tokens
 
@@ -103,8 +153,9 @@ def main() -> None:
                 engine.generate_token_ids(prompts[:batch].tolist(), settings)
 
         else:
+            cache = {"cache_implementation": "static"} if variant == "hf-static" else {}
 
-            def generate(batch: int, n: int, model: GlmForCausalLM = model) -> None:
+            def generate(batch: int, n: int, model: GlmForCausalLM = model, cache: dict = cache) -> None:
                 with torch.inference_mode():
                     model.generate(
                         prompts[:batch],
@@ -114,6 +165,7 @@ def main() -> None:
                         do_sample=False,
                         eos_token_id=None,
                         pad_token_id=0,
+                        **cache,
                     )
 
         row = {
@@ -123,8 +175,10 @@ def main() -> None:
             "decode_b8_tok_s": decode_rate(generate, 8, args.new_tokens),
             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
         }
+        if variant == "wenzhen":
+            row |= step_only(engine, prompts[:1], args.new_tokens, args.profile)
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
         del model
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -156,6 +210,19 @@ def main() -> None:
             f"{100 * r['decode_b1_tok_s'] / roofline:.0f}% | {r['decode_b8_tok_s']:.1f} | "
             f"{r['decode_b8_tok_s'] / r['decode_b1_tok_s']:.1f} | {r['peak_gpu_gib']:.1f} |"
         )
+    for r in rows:
+        if "step_only_b1_tok_s" in r:
+            lines += [
+                "",
+                f"{r['variant']}: the compiled step alone, replayed back to back at batch 1, "
+                f"{r['step_only_b1_tok_s']:.1f} tokens/s ({100 * r['step_only_b1_tok_s'] / roofline:.0f}% of "
+                "the roofline): the GPU-bound rate without sampling or host syncs.",
+            ]
+        if "profile" in r:
+            lines += [
+                "",
+                format_profile(f"{r['variant']}, one batch-1 request of 32 new tokens", r["profile"]),
+            ]
     (RESULTS / "generate_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

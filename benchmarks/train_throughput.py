@@ -5,15 +5,19 @@ In one process, on real Toyhom consultations encoded the official way:
   0.1 on q/k/v, batch 4 padded to the longest sample, no packing, gradient checkpointing, bf16), and the same
   without gradient checkpointing;
 - `wenzhen-*`: `wenzhen.train.train` itself with `performance` settings (fixed-length packed rows with per-sample
-  attention, the attention kernel, logits only at labelled positions, torch.compile, gradient checkpointing).
-Each runs `--warmup` steps, then `--steps` timed steps. Reported: effective tokens/s (non-padding input tokens),
-MFU in the 6N and 4N conventions against the datasheet peak (989 TFLOP/s dense bf16, H100 SXM) and against a
-measured bf16 matmul rate, peak GPU memory, and the loss of the first official batch computed both ways.
-Writes `benchmarks/results/train_throughput.{json,md}`.
+  attention, the attention kernel, logits only at labelled positions, chunked fp32 cross-entropy, regional
+  torch.compile, gradient checkpointing).
+Each runs `--warmup` steps, then `--steps` timed steps (then, with `--profile`, two profiled steps). Reported:
+effective tokens/s (non-padding input tokens), MFU in the 6N and 4N conventions against the datasheet peak
+(989 TFLOP/s dense bf16, H100 SXM) and against a measured bf16 matmul rate, peak GPU memory (allocated), and the
+loss of the first official batch computed both ways. Variants can run in separate processes (`--only`) so each
+peak is measured clean; their rows are merged into `benchmarks/results/train_throughput.{json,md}`.
 """
 
 import argparse
+import gc
 import json
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -27,13 +31,16 @@ from wenzhen.config import validate_config
 from wenzhen.io import read_jsonl
 from wenzhen.models.chatglm3 import ChatGLM3Family, glm_config_from_official
 from wenzhen.models.chatglm3_tokenizer import build_chatglm3_tokenizer
-from wenzhen.train.config import TrainConfig
+from wenzhen.train.config import PerformanceConfig, TrainConfig
 from wenzhen.train.encoding import encode_rows
 from wenzhen.train.loss import sparse_logits_loss
 from wenzhen.train.packing import pack_rows
 from wenzhen.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from profiling import format_profile, summarise  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 DATASHEET_TFLOPS = 989.0
 DEVICE = "cuda"
@@ -49,21 +56,23 @@ def peak_gib() -> float:
 
 
 def reset_peak() -> None:
+    gc.collect()
     if DEVICE == "cuda":
-        torch.cuda.reset_peak_memory_stats()
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 class StepTimer(TrainerCallback):
     """Wall time and non-padding tokens between the end of warm-up and the last step."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, warmup: int, steps: int) -> None:
         self.warmup = warmup
+        self.last = warmup + steps
         self.start: tuple[float, int] | None = None
         self.end: tuple[float, int] | None = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step in (self.warmup, state.max_steps):
+        if state.global_step in (self.warmup, self.last):
             sync()
             mark = (time.perf_counter(), int(state.num_input_tokens_seen))
             if state.global_step == self.warmup:
@@ -74,6 +83,30 @@ class StepTimer(TrainerCallback):
     def tokens_per_second(self) -> float:
         assert self.start and self.end
         return (self.end[1] - self.start[1]) / (self.end[0] - self.start[0])
+
+
+class ProfileSteps(TrainerCallback):
+    """Profiles the `count` steps after step `after` (the timed ones stay unprofiled)."""
+
+    def __init__(self, after: int, count: int = 2) -> None:
+        self.after, self.count = after, count
+        self.profiler: Any = None
+        self.summary: dict | None = None
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.after:
+            sync()
+            self.profiler = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            )
+            self.profiler.__enter__()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.profiler is not None and state.global_step == self.after + self.count:
+            sync()
+            self.profiler.__exit__(None, None, None)
+            self.summary = summarise(self.profiler)
+            self.profiler = None
 
 
 def matmul_tflops() -> float:
@@ -121,7 +154,7 @@ def run_official(
         model.gradient_checkpointing_disable()
     tokenizer.padding_side = "right"
     dataset = [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
-    timer = StepTimer(args.warmup)
+    timer = StepTimer(args.warmup, args.steps)
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
@@ -151,7 +184,13 @@ def run_official(
 
 
 def run_wenzhen(
-    model_dir: Path, data_dir: Path, overrides: dict, args: argparse.Namespace, work: Path, name: str
+    model_dir: Path,
+    data_dir: Path,
+    overrides: dict,
+    args: argparse.Namespace,
+    work: Path,
+    name: str,
+    profile: bool,
 ) -> dict:
     """`wenzhen.train.train` with a LoRA config like the official one plus `overrides`."""
     config = {
@@ -160,7 +199,7 @@ def run_wenzhen(
         "max_output_length": 512,
         "training_args": {
             "output_dir": str(work / name),
-            "max_steps": args.warmup + args.steps,
+            "max_steps": args.warmup + args.steps + (2 if profile else 0),
             "learning_rate": 5e-5,
             "per_device_train_batch_size": 1,
             "save_strategy": "no",
@@ -175,13 +214,15 @@ def run_wenzhen(
         for section in sections:
             node = node.setdefault(section, {})
         node[key] = value
-    timer = StepTimer(args.warmup)
+    timer = StepTimer(args.warmup, args.steps)
+    profiler = ProfileSteps(args.warmup + args.steps)
+    callbacks: list[TrainerCallback] = [timer, profiler] if profile else [timer]
     reset_peak()
-    train(data_dir, model_dir, validate_config(TrainConfig, config), callbacks=[timer])
-    return {
-        "tokens_per_second": timer.tokens_per_second(),
-        "peak_gpu_gib": peak_gib(),
-    }
+    train(data_dir, model_dir, validate_config(TrainConfig, config), callbacks=callbacks)
+    row: dict[str, Any] = {"tokens_per_second": timer.tokens_per_second(), "peak_gpu_gib": peak_gib()}
+    if profiler.summary is not None:
+        row["profile"] = profiler.summary
+    return row
 
 
 def first_batch_losses(model: Any, tokenizer: Any, samples: list) -> dict:
@@ -198,7 +239,7 @@ def first_batch_losses(model: Any, tokenizer: Any, samples: list) -> dict:
         padded_loss = model(**batch).loss.item()
         base = model.get_base_model()
         base.set_attn_implementation("flex_attention")
-        packed_loss = sparse_logits_loss(model, packed).item()
+        packed_loss = sparse_logits_loss(model, packed, chunk=PerformanceConfig().loss_chunk).item()
         base.set_attn_implementation("sdpa")
     model.train()
     return {
@@ -219,6 +260,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants")
+    parser.add_argument("--profile", nargs="*", default=[], help="also profile two steps of these variants")
+    parser.add_argument("--skip-loss-check", action="store_true", help="no first-batch loss comparison")
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test of the script")
     args = parser.parse_args()
     global DEVICE
@@ -255,30 +298,46 @@ def main() -> None:
         ),
     }
     data_dir = args.data.parent
+    flex = {"performance.attention": "flex_attention"}
     wenzhen_variants = {
         "wenzhen sdpa 8k rows": {"performance.row_tokens": 8192, "performance.attention": "sdpa"},
-        "wenzhen flex 8k rows": {"performance.row_tokens": 8192, "performance.attention": "flex_attention"},
-        "wenzhen flex 16k rows": {"performance.row_tokens": 16384, "performance.attention": "flex_attention"},
-        "wenzhen low-mem: flex 2k rows + checkpointing": {
-            "performance.row_tokens": 2048,
-            "performance.attention": "flex_attention",
+        "wenzhen flex 8k rows": {**flex, "performance.row_tokens": 8192},
+        "wenzhen flex 8k rows + compile": {
+            **flex,
+            "performance.row_tokens": 8192,
+            "performance.compile": True,
+        },
+        "wenzhen flex 16k rows + compile": {
+            **flex,
+            "performance.row_tokens": 16384,
+            "performance.compile": True,
+        },
+        "wenzhen low-mem: 1k rows + checkpointing + compile": {
+            **flex,
+            "performance.row_tokens": 1024,
+            "performance.compile": True,
             "training_args.gradient_checkpointing": True,
         },
-        "wenzhen flex 8k rows + compile": {
-            "performance.row_tokens": 8192,
-            "performance.attention": "flex_attention",
+        "wenzhen low-mem: 2k rows + checkpointing + compile": {
+            **flex,
+            "performance.row_tokens": 2048,
             "performance.compile": True,
+            "training_args.gradient_checkpointing": True,
         },
     }
     for index, (name, overrides) in enumerate(wenzhen_variants.items()):
-        variants[name] = lambda o=overrides, i=index: run_wenzhen(
-            native, data_dir, o, args, args.work, f"wenzhen-{i}"
+        variants[name] = lambda o=overrides, i=index, n=name: run_wenzhen(
+            native, data_dir, o, args, args.work, f"wenzhen-{i}", n in args.profile
         )
-    try:
-        report["first_batch"] = first_batch_losses(peft_model, tokenizer, samples)
-        print(json.dumps(report["first_batch"]), flush=True)
-    except Exception:
-        traceback.print_exc()
+    unknown = set(args.only or []) - set(variants)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {sorted(variants)}")
+    if not args.skip_loss_check:
+        try:
+            report["first_batch"] = first_batch_losses(peft_model, tokenizer, samples)
+            print(json.dumps(report["first_batch"]), flush=True)
+        except Exception:
+            traceback.print_exc()
     for name, run in variants.items():
         if args.only and name not in args.only:
             continue
@@ -302,8 +361,24 @@ def main() -> None:
     write_report(report)
 
 
+def merged_with_earlier(report: dict) -> dict:
+    """Rows of earlier processes on the same card (variants run with `--only`) plus this process's rows."""
+    path = RESULTS / "train_throughput.json"
+    if not path.is_file():
+        return report
+    earlier = json.loads(path.read_text())
+    if earlier.get("card") != report["card"] or earlier.get("torch") != report["torch"]:
+        return report
+    merged = {**earlier, **{k: v for k, v in report.items() if k != "runs"}}
+    merged["runs"] = {**earlier.get("runs", {}), **report["runs"]}
+    if "first_batch" not in report and "first_batch" in earlier:
+        merged["first_batch"] = earlier["first_batch"]
+    return merged
+
+
 def write_report(report: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    report = merged_with_earlier(report)
     (RESULTS / "train_throughput.json").write_text(json.dumps(report, indent=2))
     base = report["runs"].get("official (grad. checkpointing)", {}).get("tokens_per_second")
     lines = [
@@ -332,6 +407,9 @@ def write_report(report: dict) -> None:
             f"First official batch: padded SDPA loss {fb['official_padded_loss']:.5f}, same samples packed "
             f"(flex attention, labelled-position logits) {fb['wenzhen_packed_loss']:.5f}, |diff| {fb['abs_diff']:.2e}.",
         ]
+    for name, row in report["runs"].items():
+        if "profile" in row:
+            lines += ["", format_profile(f"{name}, two steps after the timed ones", row["profile"])]
     (RESULTS / "train_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,4 +1,4 @@
-"""The one generation engine: stop tokens, streaming, cancellation, trimming, batches."""
+"""The one generation engine: stop tokens, streaming, cancellation, trimming, batches, through both decoders."""
 
 import threading
 
@@ -12,8 +12,35 @@ GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
 
 
 @pytest.fixture(scope="module")
-def engine(chatglm3_dir):
-    return ChatEngine(load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu"))
+def tiny(chatglm3_dir):
+    return load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["generate", "static-cache"])
+def engine(tiny, request):
+    return ChatEngine(tiny, static_cache=request.param)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        GREEDY,
+        GenerationSettings(max_new_tokens=20, temperature=0, repetition_penalty=1.3),
+        GenerationSettings(max_new_tokens=20, temperature=0.9, top_p=0.7, seed=3),
+    ],
+    ids=["greedy", "repetition-penalty", "seeded-sampling"],
+)
+def test_static_cache_decoder_gives_generates_tokens(tiny, settings):
+    prompts = [[64790, 64792, 64795, 30910, 13, 42, 17, 99], [64790, 64792, 64795, 30910, 13, 7]]
+    dynamic = ChatEngine(tiny, static_cache=False)
+    static = ChatEngine(tiny, static_cache=True)
+    assert static.generate_token_ids(prompts, settings) == dynamic.generate_token_ids(prompts, settings)
+    assert static.decoder is not None and static.decoder.cache_shape == (2, 256)
+    # A new batch size gets a new cache; a repeated request reuses it from a clean state.
+    for _ in range(2):
+        single = static.generate_token_ids(prompts[1:], settings)
+        assert single == dynamic.generate_token_ids(prompts[1:], settings)
+    assert static.decoder.cache_shape == (1, 256)
 
 
 def test_stop_ids_are_the_official_three(engine):

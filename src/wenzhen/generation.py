@@ -1,20 +1,32 @@
 """The one generation engine under the chat CLI, the web UI, the API and evaluation.
 
 It owns prompt encoding (through the model family), history trimming, the stop tokens, streaming with correct
-UTF-8 boundaries, cancellation and batched generation with left padding. Decoding itself is transformers'
-`generate`; we only add what it lacks: a streamer that yields token ids to our own incremental decoder (so a
-multi-byte character split across byte-fallback tokens is never emitted half-way) and a cancellation criterion.
+UTF-8 boundaries, cancellation and batched generation with left padding. Two decoders sit under it:
+transformers' `generate` (dynamic KV cache; the CPU default) and `StaticCacheDecoder` (static KV cache with the
+one-token step compiled into a CUDA graph; the GPU default). Both use transformers' own logits processors, so a
+setting means the same on either; the streamer hands token ids to our incremental decoder, so a multi-byte
+character split across byte-fallback tokens is never emitted half-way.
 """
 
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from pydantic import Field
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StaticCache,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from wenzhen.config import StrictModel
@@ -22,6 +34,9 @@ from wenzhen.errors import WenzhenError
 from wenzhen.models import LoadedModel, Message
 
 REPLACEMENT_CHAR = "\ufffd"
+# Static KV caches are sized in steps of this many tokens, so requests of similar length share one compiled graph.
+CACHE_BUCKET = 256
+TRANSFORMERS_DEFAULT_TOP_K = 50
 
 
 class GenerationSettings(StrictModel):
@@ -44,6 +59,22 @@ class GenerationSettings(StrictModel):
         else:
             kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         return kwargs
+
+    def logits_processors(self, top_k: int | None) -> LogitsProcessorList:
+        """transformers' own processors, in `generate`'s order, for decoders that run their own loop.
+
+        `top_k` is the model's generation-config default, which `generate` applies when sampling.
+        """
+        processors = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.temperature > 0:
+            processors.append(TemperatureLogitsWarper(self.temperature))
+            if top_k:
+                processors.append(TopKLogitsWarper(top_k))
+            if self.top_p < 1.0:
+                processors.append(TopPLogitsWarper(self.top_p))
+        return processors
 
 
 @dataclass
@@ -98,6 +129,124 @@ class ChatStream:
         return self.deltas
 
 
+class StaticCacheDecoder:
+    """Decoding over a static KV cache, the one-token step compiled into a CUDA graph on GPU.
+
+    Why our own loop rather than `model.generate(cache_implementation="static")`: that compiles the same step, but
+    its per-token Python (processor and criteria objects, cache and mask bookkeeping, growing-mask shapes) kept
+    ChatGLM3-6B at 117 tokens/s at batch 1 on an H100, 49% of the 241 tokens/s weight-streaming roofline
+    (benchmarks/results/generate_speed.md). Here a token costs one graph replay, the logits processors and one
+    host sync, which streaming and stop detection need anyway. The cache is sized in `CACHE_BUCKET` steps and
+    kept between requests, and the attention mask is a fixed-size buffer, so shapes (and the graph) stay the same.
+    """
+
+    def __init__(self, model: Any, compile_step: bool) -> None:
+        self.model = model
+        self.cache: StaticCache | None = None
+        self.cache_shape: tuple[int, int] = (0, 0)
+        self.step = self._forward_step
+        if compile_step:
+            self.step = torch.compile(self._forward_step, mode="reduce-overhead")
+
+    def _forward_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache_position: torch.Tensor,
+        mask: torch.Tensor,
+        cache: StaticCache,
+    ) -> torch.Tensor:
+        logits = self.model(
+            input_ids=tokens,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            cache_position=cache_position,
+            use_cache=True,
+        ).logits
+        # A graph's outputs are overwritten by its next replay: hand back a copy in fp32 for the processors.
+        return logits[:, -1, :].float()
+
+    def _sampling_top_k(self) -> int:
+        """The model's top_k, else the 50 that transformers' `generate` applies when a model sets none."""
+        top_k = getattr(self.model.generation_config, "top_k", None)
+        return TRANSFORMERS_DEFAULT_TOP_K if top_k is None else int(top_k)
+
+    def _cache_for(self, batch: int, length: int) -> StaticCache:
+        size = -(-length // CACHE_BUCKET) * CACHE_BUCKET
+        if self.cache is None or self.cache_shape[0] != batch or self.cache_shape[1] < length:
+            self.cache = None  # free the old one before allocating
+            self.cache = StaticCache(config=self.model.config, max_cache_len=size)
+            self.cache_shape = (batch, size)
+        else:
+            self.cache.reset()
+        return self.cache
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention: torch.Tensor,
+        settings: GenerationSettings,
+        stop_ids: list[int],
+        pad_id: int,
+        stop_event: threading.Event,
+        streamer: BaseStreamer | None,
+    ) -> torch.Tensor:
+        """New tokens [batch, n] for left-padded `input_ids`; rows that stopped early are padded with `pad_id`."""
+        batch, width = input_ids.shape
+        device = input_ids.device
+        cache = self._cache_for(batch, width + settings.max_new_tokens)
+        mask = torch.ones((batch, self.cache_shape[1]), dtype=torch.long, device=device)
+        mask[:, :width] = attention
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        processors = settings.logits_processors(self._sampling_top_k())
+        stops = torch.tensor(stop_ids or [-1], device=device)
+        logits = (
+            self.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                attention_mask=mask,
+                past_key_values=cache,
+                cache_position=torch.arange(width, device=device),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1, :]
+            .float()
+        )
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        sequence = input_ids
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        next_positions = positions[:, -1:] + 1
+        cache_position = torch.tensor([width], device=device)
+        new_tokens = []
+        for step in range(settings.max_new_tokens):
+            tokens = self._choose(processors(sequence, logits), settings.temperature > 0)
+            tokens = torch.where(finished, pad_id, tokens)
+            new_tokens.append(tokens)
+            sequence = torch.cat([sequence, tokens[:, None]], dim=1)
+            finished |= torch.isin(tokens, stops)
+            if streamer is not None:
+                streamer.put(tokens.cpu())
+            if bool(finished.all()) or stop_event.is_set() or step + 1 == settings.max_new_tokens:
+                break
+            if self.step is not self._forward_step:
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = self.step(tokens[:, None], next_positions, cache_position, mask, cache)
+            next_positions = next_positions + 1
+            cache_position = cache_position + 1
+        if streamer is not None:
+            streamer.end()
+        return torch.stack(new_tokens, dim=1)
+
+    @staticmethod
+    def _choose(scores: torch.Tensor, sample: bool) -> torch.Tensor:
+        if sample:
+            return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        return scores.argmax(dim=-1)
+
+
 class ChatEngine:
     """Generation for one loaded model."""
 
@@ -117,11 +266,13 @@ class ChatEngine:
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
         )
-        # transformers models are not safe to drive from several threads at once.
-        self._lock = threading.Lock()
-        # A static KV cache lets transformers compile the decode step (CUDA only): measured in
-        # benchmarks/generate_speed.py, it is the default on GPU and off on CPU, where compilation does not pay.
+        # transformers models are not safe to drive from several threads at once, and CUDA-graph replays belong to
+        # the thread that recorded them: every generation runs on this one long-lived worker thread.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wenzhen-generate")
+        # The static-cache decoder compiles its step into a CUDA graph: measured in benchmarks/generate_speed.py,
+        # it is the default on GPU; on CPU, where compilation does not pay, transformers' generate decodes.
         self.static_cache = (self.device.type == "cuda") if static_cache is None else static_cache
+        self.decoder: StaticCacheDecoder | None = None
 
     @property
     def device(self) -> torch.device:
@@ -199,14 +350,12 @@ class ChatEngine:
 
         def run() -> None:
             try:
-                with self._lock:
-                    self.generate_token_ids([prompt], settings, stop_event, streamer)
+                self._generate_token_ids([prompt], settings, stop_event, streamer)
             except BaseException as exc:  # re-raised in the consuming thread below
                 errors.append(exc)
                 streamer.end()
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+        worker = self._worker.submit(run)
         ids: list[int] = []
         emitted = ""
         drained = False
@@ -224,7 +373,7 @@ class ChatEngine:
             # The consumer stopped iterating before the end (client gone): tell generate to stop too.
             if not drained:
                 stop_event.set()
-            worker.join()
+            worker.result()
         if errors:
             raise errors[0]
         raw = self._decode(ids)
@@ -258,8 +407,7 @@ class ChatEngine:
         """Answer several conversations in one left-padded batch."""
         settings = settings or GenerationSettings()
         prompts = [self.encode(self.trim_history(c, settings.max_new_tokens)) for c in conversations]
-        with self._lock:
-            outputs = self.generate_token_ids(prompts, settings, threading.Event(), None)
+        outputs = self.generate_token_ids(prompts, settings)
         results = []
         for prompt, row in zip(prompts, outputs, strict=True):
             ids = self._strip_after_stop(row)
@@ -274,7 +422,6 @@ class ChatEngine:
                 return row[: position + 1]
         return row
 
-    @torch.inference_mode()
     def generate_token_ids(
         self,
         prompts: list[list[int]],
@@ -282,7 +429,18 @@ class ChatEngine:
         stop_event: threading.Event | None = None,
         streamer: BaseStreamer | None = None,
     ) -> list[list[int]]:
-        """Left-pad prompt ids, generate, and return each row's new ids (the lowest level; benchmarks use it)."""
+        """Left-pad prompt ids, generate on the engine's worker thread, and return each row's new ids (the lowest
+        level; batched generation and the benchmarks use it)."""
+        return self._worker.submit(self._generate_token_ids, prompts, settings, stop_event, streamer).result()
+
+    @torch.inference_mode()
+    def _generate_token_ids(
+        self,
+        prompts: list[list[int]],
+        settings: GenerationSettings,
+        stop_event: threading.Event | None = None,
+        streamer: BaseStreamer | None = None,
+    ) -> list[list[int]]:
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -291,14 +449,27 @@ class ChatEngine:
             attention[row, width - len(prompt) :] = 1
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        if self.static_cache:
+            if self.decoder is None:
+                self.decoder = StaticCacheDecoder(self.model, compile_step=self.device.type == "cuda")
+            new = self.decoder.generate(
+                input_ids,
+                attention,
+                settings,
+                self.stop_ids,
+                self.pad_id,
+                stop_event or threading.Event(),
+                streamer,
+            )
+            return new.cpu().tolist()
         output = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
+            input_ids=input_ids,
+            attention_mask=attention,
             eos_token_id=self.stop_ids or None,
             pad_token_id=self.pad_id,
             stopping_criteria=StoppingCriteriaList([_Cancelled(stop_event or threading.Event())]),
             streamer=streamer,
-            cache_implementation="static" if self.static_cache else None,
             **settings.generate_kwargs(),
         )
         return [row[width:].tolist() for row in output.cpu()]

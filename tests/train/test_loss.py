@@ -1,8 +1,9 @@
 """The labelled-positions loss equals transformers' own causal-LM loss, value and gradients."""
 
+import pytest
 import torch
 
-from wenzhen.train.loss import labelled_positions, sparse_logits_loss
+from wenzhen.train.loss import chunked_cross_entropy_sum, labelled_positions, sparse_logits_loss
 
 
 def batch() -> dict[str, torch.Tensor]:
@@ -14,14 +15,15 @@ def batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels}
 
 
-def test_matches_transformers_loss_and_gradients(tiny_glm):
+@pytest.mark.parametrize("chunk", [None, 1, 7, 1000])
+def test_matches_transformers_loss_and_gradients(tiny_glm, chunk):
     model = tiny_glm
     inputs = batch()
     reference = model(**inputs).loss
     reference.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    loss = sparse_logits_loss(model, inputs)
+    loss = sparse_logits_loss(model, inputs, chunk=chunk)
     loss.backward()
     assert torch.allclose(loss, reference, atol=1e-6)
     for name, parameter in model.named_parameters():
@@ -42,3 +44,16 @@ def test_no_labels_gives_zero_with_a_graph(tiny_glm):
     )
     loss.backward()
     assert loss.item() == 0.0
+
+
+def test_chunked_cross_entropy_keeps_ignored_targets_out_and_matches_one_piece():
+    logits = torch.randn(23, 50, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    targets[[0, 5, 22]] = -100
+    whole = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+    (expected,) = torch.autograd.grad(whole, logits)
+    chunked = chunked_cross_entropy_sum(logits, targets, chunk=4)
+    (grad,) = torch.autograd.grad(chunked, logits)
+    assert chunked.dtype == torch.float32
+    assert torch.allclose(chunked, whole, rtol=1e-6)
+    assert torch.equal(grad, expected)

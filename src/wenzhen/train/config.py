@@ -183,7 +183,16 @@ class PerformanceConfig(StrictModel):
     sparse_logits: bool = Field(
         default=True, description="compute the 65k-vocab logits only where the next token is labelled"
     )
-    compile: bool = Field(default=False, description="torch.compile the model (CUDA)")
+    loss_chunk: int | None = Field(
+        default=1024,
+        ge=1,
+        description="labelled positions per fp32 cross-entropy chunk (recomputed in backward, so only the bf16 "
+        "logits stay in memory); None: one piece",
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile each decoder layer in place (CUDA; one compilation reused by every layer)",
+    )
 
 
 class TrainConfig(StrictModel):

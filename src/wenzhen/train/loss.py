@@ -1,10 +1,15 @@
-"""Causal-LM loss that computes logits only where a label is.
+"""Causal-LM loss that computes logits only where a label is, and upcasts them to fp32 one chunk at a time.
 
 ChatGLM3's vocabulary has 65,024 entries: transformers' loss path materialises logits for every position and
-upcasts them to fp32 (8,192 tokens x 65,024 x 4 bytes = 2.1 GB per packed row, plus gradients), although the
-prompt positions carry no label. transformers' `logits_to_keep` accepts a tensor of positions, so the forward
-(through DDP/FSDP wrappers as usual) runs the lm_head only at positions whose next token is labelled, and the
-cross-entropy is taken there. No maintained fused-kernel library covers ChatGLM3 (Liger and Unsloth do not).
+upcasts them to fp32 (8,192 tokens x 65,024 x 4 bytes = 2.1 GB per packed row, plus the saved log-softmax and
+its gradient), although the prompt positions carry no label. transformers' `logits_to_keep` accepts a tensor of
+positions, so the forward (through DDP/FSDP wrappers as usual) runs the lm_head only at positions whose next
+token is labelled. The cross-entropy is then taken in chunks under activation checkpointing: only the bf16
+logits stay alive between forward and backward, and each chunk's fp32 log-softmax is recomputed in backward.
+At 1,024-token rows with gradient checkpointing that is the difference between fitting the official recipe's
+13 GiB and not (benchmarks/results/train_throughput.md). It is plain PyTorch rather than a fused kernel
+library's loss because it must run on CPU and under torch.compile too, and the lm_head matmul it would fuse is
+a few percent of a step.
 """
 
 from typing import Any
@@ -12,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 
@@ -22,28 +28,50 @@ def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
     return wanted.nonzero(as_tuple=True)[0]
 
 
+def _cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def chunked_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """Summed cross-entropy of `logits` [N, V] against `targets` [N], fp32 math, `chunk` rows at a time.
+
+    With gradients on, each chunk is checkpointed, so at most one chunk's fp32 copies exist at any moment.
+    `chunk` None (or one covering all rows) computes it in one piece.
+    """
+    if chunk is None or logits.shape[0] <= chunk or not torch.is_grad_enabled():
+        return _cross_entropy_sum(logits, targets)
+    total = logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, logits.shape[0], chunk):
+        part = checkpoint(
+            _cross_entropy_sum,
+            logits[start : start + chunk],
+            targets[start : start + chunk],
+            use_reentrant=False,
+        )
+        total = total + part
+    return total
+
+
 def sparse_logits_loss(
-    model: nn.Module, inputs: dict[str, Any], num_items_in_batch: int | torch.Tensor | None = None
+    model: nn.Module,
+    inputs: dict[str, Any],
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled tokens, equal to `model(**inputs).loss` up to rounding.
 
     `num_items_in_batch` is the labelled-token count over the whole gradient-accumulated batch (the Trainer
-    passes it); by default this batch's own count.
+    passes it); by default this batch's own count. `chunk`: labelled positions per fp32 cross-entropy chunk.
     """
     labels = inputs["labels"]
     positions = labelled_positions(labels)
-    if positions.numel() == 0:
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=1)
-        return outputs.logits.sum() * 0.0
     forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    if positions.numel() == 0:
+        outputs = model(**forward_inputs, logits_to_keep=1)
+        return outputs.logits.sum() * 0.0
     logits = model(**forward_inputs, logits_to_keep=positions).logits
     targets = labels[:, positions + 1].to(logits.device)
-    total = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    total = chunked_cross_entropy_sum(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), chunk)
     count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
     if isinstance(count, torch.Tensor):
         count = count.to(total.device)

@@ -50,12 +50,13 @@ from wenzhen.train.callbacks import (
     read_metrics,
 )
 from wenzhen.train.checkpoints import STAGING, complete_checkpoints, publish, resolve_resume
-from wenzhen.train.config import TrainConfig
+from wenzhen.train.config import PerformanceConfig, TrainConfig
 from wenzhen.train.encoding import EncodedSample, EncodingReport, encode_rows
 from wenzhen.train.evaluation import DevGeneration
 from wenzhen.train.loss import sparse_logits_loss
 from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing
 from wenzhen.train.packing import RowDataset, SampleDataset, make_collator, pack_rows
+from wenzhen.train.performance import choose_attention, compile_decoder_layers
 
 log = logging.getLogger(__name__)
 FINAL = "final"
@@ -81,7 +82,7 @@ class WenzhenTrainer(Trainer):
     _staging = False
     dev_generation: DevGeneration | None = None
     chat_model: LoadedModel | None = None
-    sparse_logits = False
+    performance: PerformanceConfig | None = None
 
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
@@ -131,9 +132,10 @@ class WenzhenTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         """With `performance.sparse_logits`, logits only where a label is (see `wenzhen.train.loss`)."""
-        if return_outputs or not self.sparse_logits or "labels" not in inputs:
+        speed = self.performance
+        if return_outputs or speed is None or not speed.sparse_logits or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = sparse_logits_loss(model, inputs, num_items_in_batch)
+        loss = sparse_logits_loss(model, inputs, num_items_in_batch, chunk=speed.loss_chunk)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # DDP averages gradients over processes, but the loss is already divided by the global token count.
             loss = loss * self.accelerator.num_processes
@@ -274,7 +276,6 @@ def build_training_arguments(
         bf16=bf16,
         fp16=fp16,
         use_cpu=device.type == "cpu",
-        torch_compile=config.performance.compile and device.type == "cuda",
         debug=args.debug,
         deepspeed=resolve_deepspeed(config, config_dir),
         fsdp=args.fsdp,
@@ -334,31 +335,6 @@ def encode_splits(
                 ENCODING_FILE,
             )
     return train_samples, dev_samples, reports
-
-
-def choose_attention(model: PreTrainedModel, device: torch.device, requested: str, packed: bool) -> str:
-    """The attention kernel: `requested`, or for `auto` on a GPU flash-attention 2 where installed, else flex
-    attention for packed batches (13.8k vs 9.1k tokens/s for SDPA on an H100, benchmarks/results/
-    train_throughput.md), else SDPA. On CPU, SDPA (flex attention has no CPU backward).
-
-    All honour packed `position_ids`: SDPA through a block-diagonal mask, flex attention through a sparse block
-    mask, flash-attention through variable-length kernels, so packing never lets a token see another sample.
-    """
-    import importlib.util
-
-    if requested == "auto" and device.type == "cuda":
-        if importlib.util.find_spec("flash_attn") is not None:
-            requested = "flash_attention_2"
-        elif packed:
-            requested = "flex_attention"
-    if requested != "auto":
-        try:
-            model.set_attn_implementation(requested)
-        except (ImportError, ValueError) as exc:
-            raise WenzhenError(
-                f"performance.attention {requested} is not available here ({str(exc)[:120]}); use auto or sdpa"
-            ) from None
-    return str(model.config._attn_implementation)
 
 
 def build_datasets(
@@ -486,6 +462,8 @@ def train(
     packed = config.packing and method.supports_packing
     attention = choose_attention(loaded.model, device, config.performance.attention, packed)
     model = prepare_model(loaded, config)
+    if config.performance.compile and device.type == "cuda":
+        compile_decoder_layers(model)
     if config.packing and not packed:
         log.warning(
             "notice: %s feeds its prefix through the KV cache; training on padded batches", method.name
@@ -503,7 +481,7 @@ def train(
         processing_class=loaded.tokenizer,
         callbacks=[ProgressBar(), MetricsLog(output_dir), *callbacks],
     )
-    trainer.sparse_logits = config.performance.sparse_logits
+    trainer.performance = config.performance
     trainer.dev_generation = dev_generation(data_dir, config, args, bool(dev_samples), loaded.model.config)
     trainer.chat_model = loaded
     trainer.remove_callback(ProgressCallback)
