@@ -123,10 +123,10 @@ def matmul_tflops() -> float:
     return 2 * size**3 * 20 / (time.perf_counter() - start) / 1e12
 
 
-def random_model(config_path: Path) -> GlmForCausalLM:
+def random_model(config_path: Path, device: str | None = None) -> GlmForCausalLM:
     config = glm_config_from_official(json.loads(config_path.read_text()))
     torch.manual_seed(0)
-    with torch.device(DEVICE):
+    with torch.device(device or DEVICE):
         model = GlmForCausalLM(config).to(torch.bfloat16)
     model.config.use_cache = False
     return model
@@ -281,14 +281,21 @@ def main() -> None:
         "runs": {},
     }
 
-    model = random_model(args.config)
+    native = args.work / "model"
+    selected = args.only or ["official"]
+    needs_model = (
+        not args.skip_loss_check
+        or any(name.startswith("official") for name in selected)
+        or not (native / "config.json").is_file()
+    )
+    # A process that runs only wenzhen variants never builds the in-process model, so its peak is its own.
+    model = random_model(args.config) if needs_model else random_model(args.config, device="meta")
     params = sum(p.numel() for p in model.parameters())
     report["parameters"] = params
-    native = args.work / "model"
     if not (native / "config.json").is_file():
         model.save_pretrained(native)
         tokenizer.save_pretrained(native)
-    peft_model = official_lora(model)
+    peft_model = official_lora(model) if needs_model else None
     variants: dict[str, Any] = {
         "official (grad. checkpointing)": lambda: run_official(
             peft_model, tokenizer, samples, args, True, args.work

@@ -32,6 +32,7 @@ from transformers.generation.streamers import BaseStreamer
 from wenzhen.config import StrictModel
 from wenzhen.errors import WenzhenError
 from wenzhen.models import LoadedModel, Message
+from wenzhen.models.attention import use_grouped_sdpa
 
 REPLACEMENT_CHAR = "\ufffd"
 # Static KV caches are sized in steps of this many tokens, so requests of similar length share one compiled graph.
@@ -133,15 +134,18 @@ class StaticCacheDecoder:
     """Decoding over a static KV cache, the one-token step compiled into a CUDA graph on GPU.
 
     Why our own loop rather than `model.generate(cache_implementation="static")`: that compiles the same step, but
-    its per-token Python (processor and criteria objects, cache and mask bookkeeping, growing-mask shapes) kept
-    ChatGLM3-6B at 117 tokens/s at batch 1 on an H100, 49% of the 241 tokens/s weight-streaming roofline
-    (benchmarks/results/generate_speed.md). Here a token costs one graph replay, the logits processors and one
-    host sync, which streaming and stop detection need anyway. The cache is sized in `CACHE_BUCKET` steps and
-    kept between requests, and the attention mask is a fixed-size buffer, so shapes (and the graph) stay the same.
+    its per-token Python (processor and criteria objects, cache and mask bookkeeping, growing-mask shapes) and a
+    host sync before every next step kept ChatGLM3-6B at 117 tokens/s at batch 1 on an H100, 49% of the
+    weight-streaming roofline (benchmarks/results/generate_speed.md). Here a token costs one graph replay and the
+    logits processors, and the host reads token n while the GPU already computes step n+1. The cache is sized in
+    `CACHE_BUCKET` steps and kept between requests, and the attention mask is a fixed-size buffer, so shapes (and
+    the graph) stay the same; grouped-query attention runs without copying keys and values per query head
+    (`wenzhen.models.attention`).
     """
 
     def __init__(self, model: Any, compile_step: bool) -> None:
         self.model = model
+        use_grouped_sdpa(model)
         self.cache: StaticCache | None = None
         self.cache_shape: tuple[int, int] = (0, 0)
         self.step = self._forward_step
@@ -226,19 +230,50 @@ class StaticCacheDecoder:
             tokens = torch.where(finished, pad_id, tokens)
             new_tokens.append(tokens)
             sequence = torch.cat([sequence, tokens[:, None]], dim=1)
-            finished |= torch.isin(tokens, stops)
+            finished = finished | torch.isin(tokens, stops)
+            # Queue the token's copy to the host, then the next step, and only then wait for the copy: the GPU
+            # computes step n+1 while the host streams token n and checks for a stop (one step may be wasted).
+            host_tokens, all_finished, copied = self._to_host(tokens, finished)
+            last = step + 1 == settings.max_new_tokens
+            if not last:
+                logits = self._launch_step(tokens, next_positions, cache_position, mask, cache)
+                next_positions = next_positions + 1
+                cache_position = cache_position + 1
+            if copied is not None:
+                copied.synchronize()
             if streamer is not None:
-                streamer.put(tokens.cpu())
-            if bool(finished.all()) or stop_event.is_set() or step + 1 == settings.max_new_tokens:
+                streamer.put(host_tokens)
+            if bool(all_finished) or stop_event.is_set() or last:
                 break
-            if self.step is not self._forward_step:
-                torch.compiler.cudagraph_mark_step_begin()
-            logits = self.step(tokens[:, None], next_positions, cache_position, mask, cache)
-            next_positions = next_positions + 1
-            cache_position = cache_position + 1
         if streamer is not None:
             streamer.end()
         return torch.stack(new_tokens, dim=1)
+
+    @staticmethod
+    def _to_host(
+        tokens: torch.Tensor, finished: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
+        """Start copying the tokens and the all-finished flag to (pinned) host memory; on GPU also an event
+        that completes with the copies."""
+        if tokens.device.type != "cuda":
+            return tokens, finished.all(), None
+        host_tokens = tokens.to("cpu", non_blocking=True)
+        all_finished = finished.all().to("cpu", non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return host_tokens, all_finished, copied
+
+    def _launch_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache_position: torch.Tensor,
+        mask: torch.Tensor,
+        cache: StaticCache,
+    ) -> torch.Tensor:
+        if self.step is not self._forward_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.step(tokens[:, None], positions, cache_position, mask, cache)
 
     @staticmethod
     def _choose(scores: torch.Tensor, sample: bool) -> torch.Tensor:

@@ -1,0 +1,53 @@
+"""Grouped-query SDPA gives transformers' SDPA results over a static cache with left padding."""
+
+import pytest
+import torch
+from transformers import StaticCache
+
+from wenzhen.models import load_model
+from wenzhen.models.attention import GROUPED_SDPA, use_grouped_sdpa
+
+
+def prefill_and_step(model) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    ids = torch.randint(100, 60000, (2, 9))
+    attention = torch.ones_like(ids)
+    attention[1, :3] = 0
+    mask = torch.ones(2, 32, dtype=torch.long)
+    mask[:, :9] = attention
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    cache = StaticCache(config=model.config, max_cache_len=32)
+    with torch.no_grad():
+        prefill = model(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            past_key_values=cache,
+            cache_position=torch.arange(9),
+        ).logits
+        step = model(
+            input_ids=ids[:, -1:],
+            position_ids=positions[:, -1:] + 1,
+            attention_mask=mask,
+            past_key_values=cache,
+            cache_position=torch.tensor([9]),
+        ).logits
+    return prefill[attention.bool()], step
+
+
+def test_same_logits_as_transformers_sdpa(chatglm3_dir):
+    model = load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu").model
+    assert model.config.num_attention_heads > model.config.num_key_value_heads
+    reference = prefill_and_step(model)
+    assert use_grouped_sdpa(model)
+    assert model.config._attn_implementation == GROUPED_SDPA
+    for ours, theirs in zip(prefill_and_step(model), reference, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["eager"])
+def test_other_attention_kernels_are_left_alone(chatglm3_dir, attention):
+    model = load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu").model
+    model.set_attn_implementation(attention)
+    assert not use_grouped_sdpa(model)
+    assert model.config._attn_implementation == attention
