@@ -22,5 +22,5 @@ def test_compiles_each_layer_in_place_without_renaming_weights(tiny_glm):
 
 
 def test_a_model_without_repeated_layers_is_refused_with_the_fix():
-    with pytest.raises(WenzhenError, match="performance.compile: false"):
+    with pytest.raises(WenzhenError, match=r"performance\.compile: false"):
         repeated_layers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
