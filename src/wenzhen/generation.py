@@ -148,6 +148,7 @@ class StaticCacheDecoder:
         use_grouped_sdpa(model)
         self.cache: StaticCache | None = None
         self.cache_shape: tuple[int, int] = (0, 0)
+        self.compiled = compile_step
         self.step = self._forward_step
         if compile_step:
             self.step = torch.compile(self._forward_step, mode="reduce-overhead")
@@ -167,6 +168,7 @@ class StaticCacheDecoder:
             past_key_values=cache,
             cache_position=cache_position,
             use_cache=True,
+            logits_to_keep=1,
         ).logits
         # A graph's outputs are overwritten by its next replay: hand back a copy in fp32 for the processors.
         return logits[:, -1, :].float()
@@ -205,19 +207,7 @@ class StaticCacheDecoder:
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         processors = settings.logits_processors(self._sampling_top_k())
         stops = torch.tensor(stop_ids or [-1], device=device)
-        logits = (
-            self.model(
-                input_ids=input_ids,
-                position_ids=positions,
-                attention_mask=mask,
-                past_key_values=cache,
-                cache_position=torch.arange(width, device=device),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            .logits[:, -1, :]
-            .float()
-        )
+        logits = self._forward_step(input_ids, positions, torch.arange(width, device=device), mask, cache)
         if streamer is not None:
             streamer.put(input_ids.cpu())
         sequence = input_ids
@@ -271,7 +261,7 @@ class StaticCacheDecoder:
         mask: torch.Tensor,
         cache: StaticCache,
     ) -> torch.Tensor:
-        if self.step is not self._forward_step:
+        if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
         return self.step(tokens[:, None], positions, cache_position, mask, cache)
 
