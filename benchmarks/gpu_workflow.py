@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def run_step(step: str, args: list[str], log_dir: Path, env: dict[str, str] | No
     """Run one command to completion; its wall time, peak memory and log."""
     command = " ".join(str(a) for a in args)
     print(f"[workflow] {step}: {command}", flush=True)
-    log = log_dir / f"{step}.log"
+    log = log_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "-", step).strip("-") + ".log")
     started = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env or os.environ.copy())
