@@ -24,9 +24,11 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     parser.add_argument(
-        "model", help="model directory (official ChatGLM3, converted, merged, any HF chat model) or adapter"
+        "model",
+        nargs=None if model_required else "?",
+        help="model directory (official ChatGLM3, converted, merged, any HF chat model) or adapter",
     )
     parser.add_argument("--adapter", help="LoRA / prefix-tuning adapter directory to apply to MODEL")
     parser.add_argument("--base", help="base model of an adapter, overriding the one it records")
@@ -167,6 +169,10 @@ def register(subparsers: Any) -> None:
     )
     compare.add_argument("--force", action="store_true", help="replace --out if it exists")
     compare.set_defaults(handler=_run_compare)
+
+    from wenzhen.evaluate.judge_commands import register as register_judged  # it builds on this module
+
+    register_judged(commands)
 
 
 def _print_summary(report: EvalReport, out: str) -> None:
