@@ -86,7 +86,8 @@ def register(subparsers: Any) -> None:
     """Add `wenzhen eval` and its subcommands."""
     evaluate = subparsers.add_parser(
         "eval",
-        help="evaluate a model: generation metrics, medical exam, safety probes, side-by-side comparison",
+        help="evaluate a model: generation metrics, medical exam, safety probes, judged answers and consultations, "
+        "side-by-side comparison",
         description="Evaluate a base model, an adapter or a merged model. Each subcommand writes a report folder; "
         "`wenzhen eval compare` puts several folders side by side.",
     )

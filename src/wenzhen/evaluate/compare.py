@@ -25,7 +25,15 @@ from wenzhen.io import write_json, write_text
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
-KIND_TITLES = {"gen": "Generation metrics", "exam": "Medical exam accuracy", "safety": "Safety probes"}
+KIND_TITLES = {
+    "gen": "Generation metrics",
+    "exam": "Medical exam accuracy",
+    "safety": "Safety probes",
+    "judge": "Judged answer quality (1-5)",
+    "judge-pairwise": "Pairwise judgment (%)",
+    "judge-agreement": "Judge agreement with labelled pairs (%)",
+    "consult": "Simulated consultations, judged (1-5)",
+}
 
 
 @dataclass

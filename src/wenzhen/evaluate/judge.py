@@ -284,6 +284,21 @@ def judge_notes(failures: int) -> list[str]:
     return notes
 
 
+def _phase_seconds(started: float, answered_at: float) -> dict[str, float]:
+    """Where the time went: the model answering (wenzhen's engine) and the judge (the endpoint)."""
+    return {"answering": round(answered_at - started, 2), "judging": round(time.monotonic() - answered_at, 2)}
+
+
+def _timing_section(phases: dict[str, float], requests: int) -> str:
+    return "## Where the time went\n\n" + markdown_table(
+        ["phase", "seconds"],
+        [
+            ("model answering (wenzhen engine)", phases["answering"]),
+            (f"judge ({requests} requests)", phases["judging"]),
+        ],
+    )
+
+
 def _model_report_fields(engine: ChatEngine, label: str | None) -> dict[str, Any]:
     return {
         "label": run_label(engine, label),
@@ -337,6 +352,7 @@ def evaluate_judged(
     check_output(out_dir, force)
     started = time.monotonic()
     answered = answer_questions(model, data_path, config)
+    answered_at = time.monotonic()
     with EndpointClient(config.judge.endpoint) as client:
         asker = config.judge.asker(client, PROMPT_VERSION)
         judged = run_parallel(
@@ -374,7 +390,10 @@ def evaluate_judged(
         metrics=metrics,
         metric_labels=RUBRIC_LABELS,
         metric_definitions=RUBRIC_DEFINITIONS,
-        breakdown={f"{name} histogram": values for name, values in histogram.items()},
+        breakdown={
+            "phase seconds": _phase_seconds(started, answered_at),
+            **{f"{name} histogram": values for name, values in histogram.items()},
+        },
         counts=counts,
         notes=judge_notes(failures),
         elapsed_s=round(time.monotonic() - started, 2),
@@ -388,7 +407,10 @@ def evaluate_judged(
             {report.label: list(metrics.values())},
             "mean judge score (1-5)",
         )
-        return write_report(folder, report, render_markdown(report, "Judged eval", [_rubric_section(rows)]))
+        timing = _timing_section(report.breakdown["phase seconds"], counts["judge_requests"])
+        return write_report(
+            folder, report, render_markdown(report, "Judged eval", [_rubric_section(rows), timing])
+        )
 
 
 # ---- pairwise judging (shared by --against and --agreement) ------------------------------------------------------
@@ -524,6 +546,7 @@ def evaluate_pairwise(
     check_output(out_dir, force)
     started = time.monotonic()
     answered = answer_questions(model, data_path, config)
+    answered_at = time.monotonic()
     other_label, others = other_run_answers(against, answered.data)
     missing = [s.id for s in answered.samples if s.id not in others]
     if missing:
@@ -559,7 +582,7 @@ def evaluate_pairwise(
         metrics=metrics,
         metric_labels=PAIR_LABELS,
         metric_definitions=PAIR_DEFINITIONS,
-        breakdown=intervals,
+        breakdown={**intervals, "phase seconds": _phase_seconds(started, answered_at)},
         counts=counts,
         notes=[*judge_notes(failures), "each pair is judged twice, this model's answer first as A then as B"],
         elapsed_s=round(time.monotonic() - started, 2),
@@ -573,8 +596,11 @@ def evaluate_pairwise(
             {report.label: list(metrics.values())},
             "% of judged pairs",
         )
-        section = _interval_section(intervals, PAIR_LABELS)
-        return write_report(folder, report, render_markdown(report, "Pairwise judged eval", [section]))
+        sections = [
+            _interval_section(intervals, PAIR_LABELS),
+            _timing_section(report.breakdown["phase seconds"], counts["judge_requests"]),
+        ]
+        return write_report(folder, report, render_markdown(report, "Pairwise judged eval", sections))
 
 
 # ---- agreement with the labelled pairs ------------------------------------------------------------------------
