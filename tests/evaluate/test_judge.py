@@ -16,6 +16,7 @@ import pytest
 from judge_servers import CONSULT, RUBRIC, RuleJudge, longer_wins, rule_score, wenzhen_api
 
 from wenzhen.cli import main
+from wenzhen.errors import WenzhenError
 from wenzhen.evaluate.endpoint import (
     Asker,
     EndpointClient,
@@ -376,3 +377,42 @@ def test_consultations_with_a_simulated_patient_are_saved_and_judged(
     replayed = _rows(tmp_path / "again/transcripts.jsonl")
     assert [row["transcript"] for row in replayed] == [row["transcript"] for row in rows]
     assert all(row["judgment"]["cached"] for row in replayed if "verdict" in row["judgment"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--agreement", "some-model"], "--agreement checks the judge alone"),
+        (["some-model"], "pass MODEL and --data"),
+        (["some-model", "--data", "q.jsonl"], "pass --judge-url"),
+    ],
+)
+def test_wrong_judge_invocations_get_one_sentence_with_the_fix(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", "judge", *args, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_pairwise_refuses_a_run_made_on_other_data(tmp_path: Path) -> None:
+    from wenzhen.evaluate.judge import other_run_answers
+    from wenzhen.evaluate.report import DataInfo, EvalReport, write_report
+
+    def data(selection: str) -> DataInfo:
+        return DataInfo(path="q.json", sha256="abc", n_available=10, n_evaluated=5, selection=selection)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    report = EvalReport(
+        kind="gen",
+        label="base",
+        model="m",
+        data=data("random 5 with seed 0"),
+        metrics={},
+        metric_definitions={},
+    )
+    write_report(run, report, "")
+    (run / "predictions.jsonl").write_text('{"id": "7", "prediction": "多喝水"}\n', encoding="utf-8")
+    assert other_run_answers(run, data("random 5 with seed 0")) == ("base", {"7": "多喝水"})
+    with pytest.raises(WenzhenError, match="pass a run made with the same --data, --limit and --seed"):
+        other_run_answers(run, data("random 5 with seed 1"))
