@@ -1,7 +1,9 @@
 """Wall time of a judged run (`wenzhen eval judge`) on this machine, and where the time goes.
 
-The demo model (the embedded SmolLM2-135M-Instruct) answers N held-out questions through the engine, and the same
-model served by `wenzhen api` (a separate process, a real HTTP server on a free loopback port) is the judge. The
+The demo model (the embedded SmolLM2-135M-Instruct) answers N single-turn questions of Huatuo-Llama-Med-Chinese
+(`../shared/data/huatuo-llama-med-chinese/llama_data.json`, written as a messages JSONL with the reference answer)
+through the engine, and the same model served by `wenzhen api` (a separate process, a real HTTP server on a free
+loopback port) is the judge. The
 report's phase split says how much of the time is wenzhen answering and how much is waiting for the judge. A
 135M model rarely writes the rubric JSON, so most judgments end as recorded failures; the time is what matters
 here. Writes `judge_speed.{json,md}` with the machine and its load average into `--results`.
@@ -11,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -64,9 +67,27 @@ def _start_api(model: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]
     raise SystemExit("wenzhen api did not start within 180 s")
 
 
+def _questions(source: Path, count: int, out: Path) -> Path:
+    """The first `count` records of the Huatuo JSON-lines file as `{"id", "messages"}` JSONL."""
+    rows = []
+    with open(source, encoding="utf-8") as handle:
+        for index, line in zip(range(count), handle, strict=False):
+            record = json.loads(line)
+            question = f"{record['instruction']}\n{record['input']}".strip()
+            messages = [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": record["output"]},
+            ]
+            rows.append(json.dumps({"id": str(index), "messages": messages}, ensure_ascii=False))
+    out.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="../shared/data/zhongjing-eval/CMtMedQA_test.json")
+    parser.add_argument(
+        "--source", type=Path, default=Path("../shared/data/huatuo-llama-med-chinese/llama_data.json")
+    )
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--judge-max-tokens", type=int, default=64)
@@ -76,10 +97,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    # A terminated benchmark must still stop its server (it runs in its own session).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     model = embedded_model_dir()
     port = _free_port()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
+        data = _questions(args.source, args.questions, Path(workdir) / "questions.jsonl")
         server = _start_api(model, port, Path(workdir))
         try:
             config = validate_config(
@@ -103,7 +127,7 @@ def main() -> None:
                 source="benchmark",
             )
             started = time.perf_counter()
-            report = evaluate_judged(str(model), args.data, Path(workdir) / "run", config)
+            report = evaluate_judged(str(model), data, Path(workdir) / "run", config)
             wall = time.perf_counter() - started
         finally:
             server.terminate()
@@ -132,7 +156,7 @@ def main() -> None:
         f"Machine: {result['machine']}; load average before {result['load_average_before']}, "
         f"after {result['load_average_after']} (shared machine).",
         "",
-        f"{result['questions']} CMtMedQA questions; answerer and judge: the demo model (SmolLM2-135M-Instruct), "
+        f"{result['questions']} Huatuo-Llama-Med-Chinese questions; answerer and judge: the demo model (SmolLM2-135M-Instruct), "
         f"the judge behind `wenzhen api`; {args.answer_tokens} answer tokens, judge max_tokens "
         f"{args.judge_max_tokens}, {args.attempts} attempt(s), concurrency {args.concurrency}.",
         "",
