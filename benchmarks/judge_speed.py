@@ -38,7 +38,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _start_api(model: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def _start_api(model: Path, port: int, workdir: Path, threads: int) -> subprocess.Popen[bytes]:
     config = workdir / "api.yaml"
     limits = {"max_concurrent": 1, "max_queue": 64, "default_max_tokens": 64}
     config.write_text(
@@ -55,7 +55,10 @@ def _start_api(model: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]
         "--model-name",
         "judge",
     ]
-    process = subprocess.Popen([*command, "--config", str(config), "--device", "cpu"], start_new_session=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen(
+        [*command, "--config", str(config), "--device", "cpu"], env=env, start_new_session=True
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -94,17 +97,25 @@ def main() -> None:
     parser.add_argument("--attempts", type=int, default=1, help="tries per judgment on malformed JSON")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the answerer and the judge server (default 1: "
+        "on a shared 2-core machine more threads than free cores slow both down)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     # A terminated benchmark must still stop its server (it runs in its own session).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    torch.set_num_threads(args.threads)
     model = embedded_model_dir()
     port = _free_port()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
         data = _questions(args.source, args.questions, Path(workdir) / "questions.jsonl")
-        server = _start_api(model, port, Path(workdir))
+        server = _start_api(model, port, Path(workdir), args.threads)
         try:
             config = validate_config(
                 JudgeEvalConfig,
@@ -143,6 +154,7 @@ def main() -> None:
         "judge_max_tokens": args.judge_max_tokens,
         "judge_attempts": args.attempts,
         "concurrency": args.concurrency,
+        "torch_threads": args.threads,
         "wall_s": round(wall, 1),
         "answering_s": phases["answering"],
         "judging_s": phases["judging"],
@@ -158,7 +170,7 @@ def main() -> None:
         "",
         f"{result['questions']} Huatuo-Llama-Med-Chinese questions; answerer and judge: the demo model (SmolLM2-135M-Instruct), "
         f"the judge behind `wenzhen api`; {args.answer_tokens} answer tokens, judge max_tokens "
-        f"{args.judge_max_tokens}, {args.attempts} attempt(s), concurrency {args.concurrency}.",
+        f"{args.judge_max_tokens}, {args.attempts} attempt(s), concurrency {args.concurrency}, {args.threads} torch thread(s) each.",
         "",
         "| phase | seconds |",
         "|---|---|",
