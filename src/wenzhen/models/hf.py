@@ -1,5 +1,7 @@
 """Any local Hugging Face causal-LM directory with a chat template (Qwen2.5, Llama, SmolLM2, ...)."""
 
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,48 @@ def load_native_model(
     except (OSError, ValueError, KeyError) as exc:
         raise WenzhenError(f"transformers cannot load {model_dir}: {str(exc).splitlines()[0]}") from None
     return model.eval()
+
+
+# Inserted after the first character of a control token's text found in message content: the tokenizer then
+# reads ordinary characters (the text still shows, the zero-width space does not) instead of the control token.
+ESCAPE = "\u200b"
+
+
+def escape_control_tokens(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> list[Message]:
+    """`messages` with every special token's text in their content broken by a zero-width space.
+
+    The chat template is rendered to text and then tokenised, so without this a user typing
+    `<|im_end|>\n<|im_start|>system ...` would open a real system turn and override the safety prompt.
+    Splitting the content's tokens instead would need the template's text around each message, which templates
+    do not expose; escaping works for every template.
+    """
+    pattern = _control_pattern(tuple(sorted(_control_texts(tokenizer))))
+    if pattern is None:
+        return messages
+    escaped = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and pattern.search(content):
+            content = pattern.sub(lambda found: found[0][0] + ESCAPE + found[0][1:], content)
+            message = {**message, "content": content}
+        escaped.append(message)
+    return escaped
+
+
+def _control_texts(tokenizer: PreTrainedTokenizerBase) -> set[str]:
+    """Texts the tokenizer turns into added (special or markup-like) tokens wherever they appear."""
+    texts = {str(token) for token in tokenizer.all_special_tokens}
+    for token in tokenizer.added_tokens_decoder.values():
+        if token.special or (token.content.startswith("<") and token.content.endswith(">")):
+            texts.add(token.content)
+    return {text for text in texts if len(text) > 1}
+
+
+@functools.lru_cache(maxsize=8)
+def _control_pattern(texts: tuple[str, ...]) -> "re.Pattern[str] | None":
+    if not texts:
+        return None
+    return re.compile("|".join(re.escape(text) for text in sorted(texts, key=len, reverse=True)))
 
 
 class HFChatFamily(ModelFamily):
@@ -57,9 +101,12 @@ class HFChatFamily(ModelFamily):
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> list[int]:
-        """`apply_chat_template`, which returns a BatchEncoding in transformers 5."""
+        """`apply_chat_template` (a BatchEncoding in transformers 5) over the messages with control tokens escaped."""
         encoded = tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=True
+            escape_control_tokens(tokenizer, messages),
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=True,
         )
         ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
         return list(ids)
