@@ -27,13 +27,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wenzhen import safety
 from wenzhen.generation import ChatEngine, ChatResult, GenerationSettings
-from wenzhen.serve.config import ApiAccess, ApiConfig, ApiLimits
+from wenzhen.serve.access import AccessGuard, accepted_hosts
+from wenzhen.serve.config import ApiConfig, ApiLimits
 
 log = logging.getLogger(__name__)
 
@@ -535,72 +534,6 @@ class ChatService:
         yield "data: [DONE]\n\n"
 
 
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
-
-
-class AccessGuard:
-    """ASGI middleware for a server without a key: only its own Host names, no cross-origin browser requests.
-
-    Without a key, any web page the local user opens could otherwise drive generations: a form or `fetch` with a
-    `text/plain` body needs no CORS preflight (CSRF), and a domain re-pointed at 127.0.0.1 reaches the port with
-    its own Host (DNS rebinding). Requests must therefore name an accepted Host, carry no Origin other than a
-    configured CORS origin, and send POST bodies as `application/json` (which browsers only send cross-origin
-    after a preflight that CORS, off unless configured, refuses).
-    """
-
-    def __init__(self, app: ASGIApp, bound_host: str, access: ApiAccess) -> None:
-        self.app = app
-        wildcard = bound_host in ("0.0.0.0", "::", "")
-        self.hosts = {*LOOPBACK_HOSTS, *access.allowed_hosts, *([] if wildcard else [bound_host])}
-        self.hosts = {host.lower().strip("[]") for host in self.hosts}
-        self.origins = set(access.cors_origins)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            refusal = self.refusal(Headers(scope=scope), scope["method"])
-            if refusal is not None:
-                await refusal.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def refusal(self, headers: Headers, method: str) -> ApiError | None:
-        """Why a request is refused, or None to serve it."""
-        host = _hostname(headers.get("host", ""))
-        if host not in self.hosts:
-            return ApiError(
-                403,
-                f"Host {host!r} is not accepted without an API key; set $WENZHEN_API_KEY, or add the name to "
-                "access.allowed_hosts in --config",
-                "permission_error",
-                code="host_not_allowed",
-            )
-        origin = headers.get("origin")
-        if origin is not None and origin not in self.origins:
-            return ApiError(
-                403,
-                f"cross-origin requests from {origin} are refused without an API key; set $WENZHEN_API_KEY, or "
-                "add the origin to access.cors_origins in --config",
-                "permission_error",
-                code="origin_not_allowed",
-            )
-        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if method == "POST" and media_type != "application/json":
-            return ApiError(
-                415,
-                f"send the request body as Content-Type: application/json (got {media_type or 'none'!r})",
-                code="unsupported_media_type",
-            )
-        return None
-
-
-def _hostname(host: str) -> str:
-    """The name part of a Host header value (`[::1]:8000` -> `::1`, `Example:80` -> `example`)."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
 async def _stop_on_disconnect(request: Request, stop: threading.Event) -> None:
     while not stop.is_set():
         if await request.is_disconnected():
@@ -629,7 +562,15 @@ def create_app(
     service = ChatService(engine, config, model_id)
     app.state.service = service
     if api_key is None:
-        app.add_middleware(AccessGuard, bound_host=host, access=config.access)
+        origins = set(config.access.cors_origins)
+        app.add_middleware(
+            AccessGuard,
+            hosts=accepted_hosts(host, config.access.allowed_hosts),
+            origin_allowed=origins.__contains__,
+            json_only=True,
+            host_fix="add it to access.allowed_hosts in --config, or set $WENZHEN_API_KEY to require a key instead",
+            origin_fix="add it to access.cors_origins in --config, or set $WENZHEN_API_KEY to require a key instead",
+        )
     if config.access.cors_origins:
         app.add_middleware(
             CORSMiddleware,

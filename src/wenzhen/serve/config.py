@@ -30,14 +30,19 @@ class ApiLimits(StrictModel):
     )
 
 
-class ApiAccess(StrictModel):
-    """Who may reach the API without a key (browsers on other sites must not drive it: CSRF, DNS rebinding)."""
+class HostAccess(StrictModel):
+    """Which Host names the web UI answers to (pages on other sites must not drive it: CSRF, DNS rebinding)."""
 
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host names accepted besides the bound address and localhost (e.g. this machine's name "
-        "when binding 0.0.0.0); only checked when no API key is set",
+        "when binding 0.0.0.0)",
     )
+
+
+class ApiAccess(HostAccess):
+    """Who may reach the API without a key (with a key, the key decides and Host/Origin are not checked)."""
+
     cors_origins: list[str] = Field(
         default_factory=list,
         description="browser origins (e.g. http://localhost:3000) allowed to call the API; empty = CORS off and "
@@ -71,6 +76,7 @@ class WebConfig(StrictModel):
     )
     safety: SafetyConfig = Field(default_factory=SafetyConfig, description="the safety guard")
     max_tool_rounds: int = Field(3, ge=1, le=10, description="tool calls the model may chain per question")
+    access: HostAccess = Field(default_factory=HostAccess, description="accepted Host names")
     examples: list[str] = Field(
         description="example questions shown under the chat",
         default_factory=lambda: [
