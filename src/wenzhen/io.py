@@ -189,7 +189,7 @@ def atomic_directory(
             os.replace(staging, target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if is_output_failure(exc, staging):
+        if isinstance(exc, OSError) and is_output_failure(exc, staging):
             raise output_error(target, exc) from None
         raise
 
