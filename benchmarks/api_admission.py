@@ -5,7 +5,9 @@ fresh child process, after one ordinary warm-up request (the baseline); it repor
 the peak RSS above the warm baseline. Requests:
 - `nested-tools`: ~38 KB, one tool whose parameters nest 220 objects (~4 MB of spaces once indented);
 - `wide-tools`: within the parser's nesting limit but over the schema-depth limit (20 levels);
-- `long-prompt`: a 1 MB body of text, far over the context.
+- `long-prompt`: a 1 MB body of text, far over the context;
+- `largest-admitted-tools`: tool schemas just under the default 16 KB limit, 5 objects deep: admitted, so its
+  (indented) tokenisation runs, inside the generation slot.
 Run from the repository root: `python benchmarks/api_admission.py` (CPU is enough). Writes
 `benchmarks/results/api_admission.{json,md}` with the machine.
 """
@@ -48,6 +50,7 @@ def requests() -> dict[str, dict[str, Any]]:
     return {
         "nested-tools": nested_tools_request(),
         "wide-tools": nested_tools_request(depth=10, width=2),
+        "largest-admitted-tools": nested_tools_request(depth=5, width=115),
         "long-prompt": {"model": MODEL_ID, "messages": [{"role": "user", "content": "头痛" * 160_000}]},
     }
 
