@@ -21,7 +21,7 @@ class ApiLimits(StrictModel):
     max_queue: int = Field(8, ge=0, description="requests waiting for a slot; more get 429")
     max_tools: int = Field(32, ge=0, description="more tools in one request get 400")
     max_tool_schema_bytes: int = Field(
-        32_768,
+        16_384,
         ge=256,
         description="tool schemas larger than this (as compact JSON, all tools together) get 400",
     )
