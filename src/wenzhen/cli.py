@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from wenzhen import __version__
 from wenzhen.errors import WenzhenError
+from wenzhen.io import describe_no_room, is_no_room
 
 # One line per stage with the subcommands its module registers; the order is the order of `wenzhen --help`.
 COMMAND_MODULES = {
@@ -69,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A full disk, a file-size limit or a read-only folder is the environment, not a bug: one sentence.
+        if args.verbose or not is_no_room(exc):
+            raise
+        print(f"error: {describe_no_room(exc)}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -30,9 +30,10 @@ from wenzhen.evaluate.generation import GenEvalConfig, evaluate_generation
 from wenzhen.evaluate.report import EvalReport
 from wenzhen.export import merge
 from wenzhen.generation import ChatEngine, GenerationSettings
-from wenzhen.io import write_json, write_text
+from wenzhen.io import check_apart, write_json, write_text, written_names
 from wenzhen.models import load_model
 from wenzhen.models.embedded import embedded_model_dir
+from wenzhen.runinfo import read_run_info
 from wenzhen.train import TrainConfig, train
 from wenzhen.train.callbacks import CURVE_FILE, METRICS_FILE, read_metrics
 
@@ -177,10 +178,22 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
             raise WenzhenError(
                 f"{out_dir} exists and was not made by `wenzhen demo`; choose another --out or pass --force"
             )
+        steps = [out_dir / name for name in STEP_DIRS if (out_dir / name).exists()]
+        foreign = [step.name for step in steps if not _written_by_wenzhen(step)]
+        if foreign:
+            raise WenzhenError(
+                f"{out_dir} holds {', '.join(foreign)} that wenzhen did not write, so the demo will not delete "
+                "them; choose another --out or move them away"
+            )
         log.info("demo: replacing the earlier demo output in %s", out_dir)
-        for name in STEP_DIRS:
-            shutil.rmtree(out_dir / name, ignore_errors=True)
+        for step in steps:
+            shutil.rmtree(step, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _written_by_wenzhen(folder: Path) -> bool:
+    """A step folder a wenzhen stage wrote: atomic outputs carry their output record, training runs run.json."""
+    return written_names(folder) is not None or read_run_info(folder) is not None
 
 
 def _only_demo_folders(out_dir: Path) -> bool:
@@ -202,6 +215,7 @@ def run_demo(
     """
     config = config or DemoConfig()
     out_dir = Path(out_dir)
+    check_apart(out_dir, [config.model] if config.model else [])
     check_out_dir(out_dir, force)
     folders = {name: out_dir / name for name in STEP_DIRS}
     seconds: dict[str, float] = {}

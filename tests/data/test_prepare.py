@@ -1,6 +1,9 @@
 """End to end through the CLI: invariant, splits, rejects, determinism, atomic output, shipped config."""
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -10,6 +13,7 @@ from wenzhen.cli import main
 from wenzhen.config import load_yaml_config
 from wenzhen.data import DataConfig, prepare, sample_corpus_paths
 from wenzhen.errors import WenzhenError
+from wenzhen.io import OUTPUT_RECORD
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING_CORPORA = [
@@ -47,7 +51,7 @@ def check_outputs(out: Path) -> dict:
             key = tuple(t["content"] for t in turns if t["role"] == "user")
             assert questions.setdefault(key, split) == split, f"question in two splits: {key[0][:30]}"
     assert sum(report["splits"].values()) == report["kept"]
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != OUTPUT_RECORD]
     return report
 
 
@@ -133,29 +137,106 @@ def test_token_lengths_with_the_chatglm3_tokenizer(chatglm3_dir: Path, tmp_path:
     assert 0 < length["assistant"]["p50"] < chars["assistant"]["p50"]
 
 
+def _prepare(inputs: list[Path], out: Path, *extra: str) -> int:
+    return main(["data", "prepare", *map(str, inputs), "--out", str(out), "--no-progress", *extra])
+
+
 def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
-    assert (
-        main(["data", "prepare", *map(str, sample_corpus_paths()), "--out", str(out), "--no-progress"]) == 2
+    assert _prepare(sample_corpus_paths(), out) == 0
+    first = (out / "train.jsonl").read_bytes()
+    assert _prepare(sample_corpus_paths(), out) == 2
+    assert "--force" in capsys.readouterr().err
+    # An earlier output holding only what wenzhen wrote (its output record says what) is replaced.
+    assert _prepare(sample_corpus_paths(), out, "--force") == 0
+    assert (out / "train.jsonl").read_bytes() == first
+    assert "train.jsonl" in json.loads((out / OUTPUT_RECORD).read_text())["files"]
+
+
+def test_force_never_deletes_files_wenzhen_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: --force replaced any folder, the user's own files included.
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me")
+    assert _prepare(sample_corpus_paths(), foreign, "--force") == 2
+    assert "not written by wenzhen" in capsys.readouterr().err
+    assert (foreign / "mine.txt").read_text() == "keep me"
+    out = tmp_path / "o"
+    assert _prepare(sample_corpus_paths(), out) == 0
+    (out / "analysis.ipynb").write_text("the user's work")
+    assert _prepare(sample_corpus_paths(), out, "--force") == 2
+    assert "analysis.ipynb" in capsys.readouterr().err
+    assert (out / "analysis.ipynb").read_text() == "the user's work"
+
+
+@pytest.mark.parametrize("where", ["the input folder", "its parent", "inside it"])
+def test_output_overlapping_an_input_is_refused(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: `--out corpus --force` (or its parent) exited 0 and deleted the corpus and its neighbours.
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for path in sample_corpus_paths():
+        (corpus / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "unrelated.txt").write_text("a neighbour")
+    out = {"the input folder": corpus, "its parent": tmp_path, "inside it": corpus / "prepared"}[where]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert _prepare([corpus], out, "--force") == 2
+    assert "input" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_line_too_deeply_nested_to_parse_is_a_reject(tmp_path: Path) -> None:
+    # Before: RecursionError aborted the whole run with a traceback.
+    lines = sample_corpus_paths()[1].read_text(encoding="utf-8").splitlines(keepends=True)
+    deep = '{"conversations": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+    source = tmp_path / "c.jsonl"
+    source.write_text(lines[0] + deep + "".join(lines[1:]), encoding="utf-8")
+    report = prepare([source], tmp_path / "o", DataConfig(progress=False))
+    assert report["rejected_by_reason"].get("malformed_json") == 1
+    reject = read_lines(tmp_path / "o" / "rejects.jsonl")[0]
+    assert reject["line"] == 2 and "nested too deeply" in reject["detail"]
+
+
+def test_an_unwritable_output_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert _prepare(sample_corpus_paths(), blocker / "o") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the output") and "Traceback" not in err
+
+
+def test_a_file_size_limit_is_one_sentence(tmp_path: Path) -> None:
+    # Before: a traceback (OSError: [Errno 27] File too large). The limit applies to the child process only.
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "from wenzhen.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
     )
-    assert "--force" in capsys.readouterr().err and (out / "mine.txt").exists()
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                *map(str, sample_corpus_paths()),
-                "--out",
-                str(out),
-                "--force",
-                "--no-progress",
-            ]
-        )
-        == 0
+    paths = [str(p) for p in sample_corpus_paths()]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "data",
+            "prepare",
+            *paths,
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        timeout=120,
     )
-    assert not (out / "mine.txt").exists() and (out / "train.jsonl").exists()
+    assert done.returncode == 2, done.stderr
+    assert "File too large" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_interrupted_run_leaves_no_partial_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

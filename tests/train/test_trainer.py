@@ -194,8 +194,16 @@ def test_qlora_without_a_gpu_says_what_it_needs(data_dir: Path, tiny_llama_dir: 
 
 
 def test_missing_train_file_is_a_clear_error(tiny_llama_dir: Path, tmp_path: Path):
+    (tmp_path / "data").mkdir()
     with pytest.raises(WenzhenError, match=r"train\.jsonl does not exist"):
+        train(tmp_path / "data", tiny_llama_dir, config(tmp_path / "run"))
+
+
+def test_an_output_dir_inside_the_data_or_model_dir_is_refused(tiny_llama_dir: Path, tmp_path: Path):
+    with pytest.raises(WenzhenError, match="lies inside the input"):
         train(tmp_path, tiny_llama_dir, config(tmp_path / "run"))
+    with pytest.raises(WenzhenError, match="is or contains the input"):
+        train(tmp_path / "data", tiny_llama_dir, config(tiny_llama_dir))
 
 
 def test_predict_with_generate_scores_dev_answers_even_when_they_are_empty(

@@ -29,7 +29,7 @@ from wenzhen.data.records import Record
 from wenzhen.data.report import Tally, percentiles
 from wenzhen.data.split import NO_DEPARTMENT, SPLITS, SplitPlanner, conversation_key, question_key
 from wenzhen.errors import WenzhenError
-from wenzhen.io import atomic_directory, write_json
+from wenzhen.io import atomic_directory, check_apart, check_replaceable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,11 @@ def prepare(
 ) -> dict:
     """Prepare raw corpora into ChatGLM3 training files in `out_dir`; return the report (also in report.json)."""
     started = time.perf_counter()
+    check_apart(out_dir, inputs)
+    check_replaceable(Path(out_dir), force)
     plans = plan_inputs(inputs, config.format)
     meter = token_meter(config.length.tokenizer) if config.length.tokenizer else char_meter()
-    with atomic_directory(out_dir, force=force) as staging:
+    with atomic_directory(out_dir, force=force, inputs=inputs) as staging:
         run = _Run(config, meter, staging)
         try:
             run.stream(plans)

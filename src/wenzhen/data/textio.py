@@ -126,11 +126,17 @@ def iter_json_records(path: Path, encoding: str) -> Iterator[JsonItem]:
             yield from _iter_json_array(handle, head, single=True)
 
 
+# Python's parser stops at about a thousand levels of nesting; no corpus record is nested like that.
+TOO_DEEP = "malformed_json: nested too deeply to parse"
+
+
 def _first_line_is_json(text: str) -> bool:
     """Whether the first line is a complete JSON value, i.e. the file is JSON Lines."""
     first = text.split("\n", 1)[0].strip()
     try:
         json.loads(first)
+    except RecursionError:
+        return True  # valid up to a nesting depth no parser follows: a JSON line, rejected as such when read
     except json.JSONDecodeError:
         return False
     return True
@@ -160,6 +166,8 @@ def _json_line(number: int, line: str) -> Iterator[JsonItem]:
         yield JsonItem(number, json.loads(text))
     except json.JSONDecodeError as exc:
         yield JsonItem(number, line, f"malformed_json: {exc.msg}")
+    except RecursionError:
+        yield JsonItem(number, line, TOO_DEEP)
 
 
 def _iter_json_array(handle: IO[str], head: str, single: bool = False) -> Iterator[JsonItem]:
@@ -204,6 +212,9 @@ def _iter_json_array(handle: IO[str], head: str, single: bool = False) -> Iterat
             if not eof and fill():
                 continue
             yield JsonItem(line, buffer[pos:], f"malformed_json: {exc.msg}")
+            return
+        except RecursionError:
+            yield JsonItem(line, buffer[pos:], TOO_DEEP)
             return
         yield JsonItem(line, value)
         line += buffer.count("\n", pos, end)

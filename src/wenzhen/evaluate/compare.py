@@ -132,7 +132,7 @@ def compare_runs(
     """Read the runs' reports and write the side-by-side comparison into `out_dir`."""
     if not run_dirs:
         raise WenzhenError("no run given; pass the --out folders of two or more `wenzhen eval` runs")
-    check_output(out_dir, force)
+    check_output(out_dir, force, list(run_dirs))
     reports = [read_report(run) for run in run_dirs]
     labels = [report.label for report in reports]
     for kind in {r.kind for r in reports}:
@@ -161,7 +161,7 @@ def compare_runs(
     ]
     charts = []
     kinds = list(dict.fromkeys(r.kind for r in reports))
-    with output_directory(out_dir, force) as folder:
+    with output_directory(out_dir, force, list(run_dirs)) as folder:
         for kind in kinds:
             chosen = [(r, label) for r, label in zip(reports, labels, strict=True) if r.kind == kind]
             kind_reports = [r for r, _ in chosen]

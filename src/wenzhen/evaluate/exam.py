@@ -348,7 +348,7 @@ def evaluate_exam(
 ) -> EvalReport:
     """Run the exam, write `report.json`, `report.md` and `answers.jsonl` into `out_dir`, return the report."""
     config = config or ExamConfig()
-    check_output(out_dir, force)
+    check_output(out_dir, force, [engine_or_model_path, data_dir])
     layout, subjects = load_exam(data_dir, config.subjects)
     engine = open_engine(engine_or_model_path, config.model)
     scorer = scorer or ModelLetterScorer(engine, config.batch_size)
@@ -410,6 +410,6 @@ def evaluate_exam(
             for s in subjects
         ],
     )
-    with output_directory(out_dir, force) as folder:
+    with output_directory(out_dir, force, [engine_or_model_path, data_dir]) as folder:
         write_jsonl(folder / ANSWERS, outcome.answers)
         return write_report(folder, report, render_markdown(report, "Medical exam", [per_subject]))

@@ -115,7 +115,7 @@ def evaluate_generation(
 ) -> EvalReport:
     """Generate answers for (a subset of) the eval file, score them, write report + predictions into `out_dir`."""
     config = config or GenEvalConfig()
-    check_output(out_dir, force)
+    check_output(out_dir, force, [engine_or_model_path, data_path])
     metrics = resolve_metrics(config.metrics)
     names = [metric.name for metric in metrics]
     available = load_samples(data_path)
@@ -160,7 +160,7 @@ def evaluate_generation(
         device=describe_device(engine),
         elapsed_s=round(elapsed, 2),
     )
-    with output_directory(out_dir, force) as folder:
+    with output_directory(out_dir, force, [engine_or_model_path, data_path]) as folder:
         write_jsonl(folder / PREDICTIONS, rows)
         return write_report(
             folder, report, render_markdown(report, "Generation eval", [_examples_section(rows)])

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from wenzhen import __version__
 from wenzhen.errors import WenzhenError
-from wenzhen.io import atomic_directory, write_json, write_text
+from wenzhen.io import atomic_directory, check_apart, check_replaceable, write_json, write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -66,17 +66,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def output_directory(out_dir: str | Path, force: bool) -> AbstractContextManager[Path]:
+def output_directory(
+    out_dir: str | Path, force: bool, inputs: Sequence[Any] = ()
+) -> AbstractContextManager[Path]:
     """A staging directory renamed onto `out_dir` when the block succeeds (see `wenzhen.io.atomic_directory`)."""
-    return atomic_directory(out_dir, force=force)
+    return atomic_directory(out_dir, force=force, inputs=_paths(inputs))
 
 
-def check_output(out_dir: str | Path, force: bool) -> None:
-    """Refuse an existing output folder before any work is done (the final rename would refuse it anyway)."""
-    if Path(out_dir).exists() and not force:
-        raise WenzhenError(
-            f"{out_dir} already exists; choose another --out folder or pass --force to replace it"
-        )
+def check_output(out_dir: str | Path, force: bool, inputs: Sequence[Any] = ()) -> None:
+    """Refuse, before any work is done, an output folder that overlaps an input or that --force may not replace
+    (the final rename would refuse it anyway)."""
+    check_apart(out_dir, _paths(inputs))
+    check_replaceable(Path(out_dir), force)
+
+
+def _paths(inputs: Sequence[Any]) -> list[str | Path]:
+    """The inputs that are paths (an evaluation may be handed a loaded engine instead of a model folder)."""
+    return [item for item in inputs if isinstance(item, str | Path)]
 
 
 def write_report(folder: Path, report: EvalReport, markdown: str) -> EvalReport:

@@ -181,7 +181,7 @@ def evaluate_safety(
 ) -> EvalReport:
     """Answer the probes without and with the guard, judge each answer by rule, write the report and answers."""
     config = config or SafetyConfig()
-    check_output(out_dir, force)
+    check_output(out_dir, force, [engine_or_model_path, *probe_files])
     probes, available, data_hash = collect_probes(probe_files, config)
     engine = open_engine(engine_or_model_path, config.model)
     sides = SIDES if config.use_guard else SIDES[:1]
@@ -269,6 +269,6 @@ def evaluate_safety(
     failed = "## First failures (without guard)\n\n" + markdown_table(
         ["probe", "question", "rule", "why"], failures
     )
-    with output_directory(out_dir, force) as folder:
+    with output_directory(out_dir, force, [engine_or_model_path, *probe_files]) as folder:
         write_jsonl(folder / ANSWERS, rows)
         return write_report(folder, report, render_markdown(report, "Safety probes", [by_source, failed]))

@@ -300,10 +300,10 @@ class ChatGLM3Family(ModelFamily):
 
     def load_tokenizer(self, model_dir: Path) -> PreTrainedTokenizerBase:
         """Converted directories carry tokenizer.json; official ones are converted from tokenizer.model."""
-        from transformers import AutoTokenizer
+        from wenzhen.models.hf import load_native_tokenizer
 
         if (model_dir / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(model_dir)
+            return load_native_tokenizer(model_dir)
         tokenizer = build_chatglm3_tokenizer(model_dir / "tokenizer.model")
         raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         check_tokenizer_matches(tokenizer, raw.get("padded_vocab_size", VOCAB_SIZE), model_dir)

@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 
 from wenzhen.errors import WenzhenError
+from wenzhen.models.weights import check_weight_files
 
-LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -35,29 +35,16 @@ class CheckpointFiles:
         return sum(shard.stat().st_size for shard in self.shards)
 
 
-def is_lfs_pointer(path: Path) -> bool:
-    """True when `path` is a Git LFS pointer file rather than the real content."""
-    with open(path, "rb") as handle:
-        return handle.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX
-
-
-def _refuse_lfs_pointer(path: Path) -> None:
-    if is_lfs_pointer(path):
-        raise WenzhenError(
-            f"{path} is a Git LFS pointer, not the weights (the repository was cloned without git-lfs); run "
-            f"`git lfs install && git lfs pull` in {path.parent} or download that file again"
-        )
-
-
-def find_checkpoint(directory: str | Path) -> CheckpointFiles:
-    """Locate the weight shards of `directory`, refusing missing shards and LFS pointers."""
+def find_checkpoint(directory: str | Path, *, verify: bool = True) -> CheckpointFiles:
+    """Locate the weight shards of `directory`, refusing missing shards and (with `verify`) any shard whose
+    header or byte length is wrong (see `wenzhen.models.weights`)."""
     root = Path(directory)
     if not root.is_dir():
         raise WenzhenError(f"model directory {root} does not exist; pass the folder that holds config.json")
     for name in INDEX_FILES:
         index_path = root / name
         if index_path.is_file():
-            _refuse_lfs_pointer(index_path)
+            check_weight_files([index_path])  # a Git LFS pointer instead of the index
             try:
                 weight_map: dict[str, str] = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
             except (json.JSONDecodeError, KeyError) as exc:
@@ -72,13 +59,14 @@ def find_checkpoint(directory: str | Path) -> CheckpointFiles:
                     f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; download the missing files"
                 )
             shards = [root / shard for shard in names]
-            for shard in shards:
-                _refuse_lfs_pointer(shard)
+            if verify:
+                check_weight_files(shards)
             return CheckpointFiles(root, shards, weight_map)
     for name in SINGLE_FILES:
         single = root / name
         if single.is_file():
-            _refuse_lfs_pointer(single)
+            if verify:
+                check_weight_files([single])
             return CheckpointFiles(root, [single])
     raise WenzhenError(
         f"no weights found in {root}: expected {' or '.join(INDEX_FILES)} with shards, or {' or '.join(SINGLE_FILES)}"

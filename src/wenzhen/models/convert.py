@@ -4,7 +4,7 @@
 import logging
 from pathlib import Path
 
-from wenzhen.io import atomic_directory
+from wenzhen.io import atomic_directory, check_apart, check_replaceable
 from wenzhen.models.loading import load_model
 from wenzhen.runinfo import RunInfo, write_run_info
 
@@ -16,8 +16,10 @@ def convert_model(
 ) -> Path:
     """Load `source` (any layout wenzhen reads) and save it natively: sharded safetensors, config, tokenizer with
     chat template, generation config with the stop ids, and run.json."""
+    check_apart(out_dir, [source])
+    check_replaceable(Path(out_dir), force)
     loaded = load_model(source, dtype=dtype, device="cpu")
-    with atomic_directory(out_dir, force=force) as staging:
+    with atomic_directory(out_dir, force=force, inputs=[source]) as staging:
         loaded.model.save_pretrained(staging, max_shard_size="2GB")
         loaded.tokenizer.save_pretrained(staging)
         write_run_info(

@@ -73,7 +73,7 @@ def embedded_model_dir() -> Path:
     gguf = embedded_gguf_path()
     logger.info("converting the embedded SmolLM2-135M-Instruct (%s) once into %s", gguf.name, target)
     # A directory left without its stamp by an older, interrupted layout is replaced, never trusted.
-    with atomic_directory(target, force=True) as staging:
+    with atomic_directory(target, replace_unrecorded=True) as staging:
         convert_gguf(gguf, staging)
     return target
 

@@ -48,7 +48,12 @@ class ModelFamily(ABC):
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> list[int]:
-        """Token ids of a chat prompt (the single chat formatter of the project)."""
+        """Token ids of a chat prompt (the single chat formatter of the project).
+
+        Message content never becomes control tokens: text such as `<|im_start|>system` that a user, a tool or a
+        client's system turn contains is encoded as ordinary characters (split or escaped), so it cannot forge
+        a turn.
+        """
 
     @abstractmethod
     def stop_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:

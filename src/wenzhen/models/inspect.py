@@ -11,6 +11,7 @@ import torch
 from wenzhen.errors import WenzhenError
 from wenzhen.models.checkpoint import find_checkpoint, sha256_of
 from wenzhen.models.loading import detect_family, read_config
+from wenzhen.models.weights import verify_weight_file
 
 
 @dataclass
@@ -36,10 +37,15 @@ def count_parameters(model_dir: Path) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from wenzhen.models.chatglm3 import glm_config_from_official, is_official_config
+    from wenzhen.models.hf import refuse_custom_code
 
     raw = read_config(model_dir)
+    if not is_official_config(raw):
+        refuse_custom_code(model_dir)
     config = (
-        glm_config_from_official(raw) if is_official_config(raw) else AutoConfig.from_pretrained(model_dir)
+        glm_config_from_official(raw)
+        if is_official_config(raw)
+        else AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     )
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
@@ -64,12 +70,18 @@ def inspect_download(model_dir: str | Path, *, verify_checksums: bool = True) ->
     family = detect_family(root)
     problems: list[str] = []
     try:
-        files = find_checkpoint(root)
+        files = find_checkpoint(root, verify=False)
     except WenzhenError as exc:
         return DownloadReport(str(root), family.name, 0, 0, problems=[str(exc)])
     shards = []
     for shard in files.shards:
         entry: dict[str, Any] = {"file": shard.name, "bytes": shard.stat().st_size}
+        problem = verify_weight_file(shard)
+        entry["complete"] = problem is None
+        if problem is not None:
+            problems.append(problem)
+            shards.append(entry)
+            continue
         recorded = _recorded_sha256(shard) if verify_checksums else None
         if recorded:
             actual = sha256_of(shard)
@@ -86,13 +98,6 @@ def inspect_download(model_dir: str | Path, *, verify_checksums: bool = True) ->
     ):
         problems.append(f"{root} has no tokenizer.model; copy it from the ChatGLM3 download")
     parameters = count_parameters(root)
-    dtype_bytes = 2 if read_config(root).get("torch_dtype", "float16") in ("float16", "bfloat16") else 4
-    expected = parameters * dtype_bytes
-    if files.total_bytes < 0.9 * expected:
-        problems.append(
-            f"weights total {files.total_bytes / 2**30:.2f} GiB but {parameters:,} parameters need about "
-            f"{expected / 2**30:.2f} GiB; a shard is truncated"
-        )
     return DownloadReport(str(root), family.name, parameters, files.total_bytes, shards, problems)
 
 
@@ -175,7 +180,8 @@ def format_report(env: dict[str, Any], download: DownloadReport | None, fit: dic
             f"{download.weight_bytes / 2**30:.2f} GiB in {len(download.shards)} shard(s)"
         )
         lines += [f"  PROBLEM: {p}" for p in download.problems] or [
-            "  download complete: every indexed shard present, no Git LFS pointers, sizes match the parameter count"
+            "  download complete: every indexed shard present, no Git LFS pointers, every header and byte length "
+            "exact"
         ]
     if fit is not None:
         lines.append(

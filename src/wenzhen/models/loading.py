@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from wenzhen.errors import WenzhenError
 from wenzhen.models import chatglm3, hf  # noqa: F401 - importing registers the families, ChatGLM3 first
 from wenzhen.models.family import FAMILIES, ModelFamily
+from wenzhen.models.weights import check_weight_files
 from wenzhen.runinfo import read_run_info
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 def attach_adapter(model: PreTrainedModel, adapter_dir: Path, family: ModelFamily) -> PreTrainedModel:
     """Load a PEFT adapter onto `model`, converting official ChatGLM3 adapters on the fly."""
+    check_adapter_weights(adapter_dir)
     if family.name == chatglm3.ChatGLM3Family.name and chatglm3.is_official_adapter(adapter_dir):
         log.info("converting official ChatGLM3 adapter %s (query_key_value -> q/k/v)", adapter_dir)
         with tempfile.TemporaryDirectory(prefix="wenzhen-adapter-") as converted:
@@ -143,6 +145,20 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, family: ModelFamil
             # peft reads the weights into memory here, so the converted copy can go afterwards.
             return _peft_from_pretrained(model, native)
     return _peft_from_pretrained(model, adapter_dir)
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter_weights(adapter_dir: Path) -> None:
+    """Refuse an adapter folder whose weights are missing, an LFS pointer, truncated or corrupt."""
+    present = [adapter_dir / name for name in ADAPTER_WEIGHTS if (adapter_dir / name).is_file()]
+    if not present:
+        raise WenzhenError(
+            f"adapter {adapter_dir} has {ADAPTER_CONFIG} but no {' or '.join(ADAPTER_WEIGHTS)}; its training did "
+            "not finish saving, or the folder was copied without it: copy the whole adapter folder again"
+        )
+    check_weight_files(present)
 
 
 def _peft_from_pretrained(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:

@@ -12,6 +12,7 @@ even when a client disconnects and its handler is gone.
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -23,13 +24,15 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wenzhen import safety
 from wenzhen.generation import ChatEngine, ChatResult, GenerationSettings
-from wenzhen.serve.config import ApiConfig
+from wenzhen.serve.access import AccessGuard, accepted_hosts
+from wenzhen.serve.config import ApiConfig, ApiLimits
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,14 @@ class ApiError(Exception):
 
 
 # Request schema: the subset of OpenAI's chat-completions request the server honours. Unknown fields are
-# ignored (as OpenAI-compatible servers do) so that clients sending e.g. `user` keep working.
+# ignored (as OpenAI-compatible servers do) so that clients sending e.g. `user` keep working; known fields are
+# strict (no "8" or true for an integer, no "yes" for a boolean), as OpenAI's own API is.
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+# Temperatures this close to 0 mean greedy decoding; dividing logits by them would overflow to inf/NaN.
+MIN_TEMPERATURE = 1e-3
 
 
 class TextPart(_Lenient):
@@ -108,13 +116,18 @@ class ChatCompletionRequest(_Lenient):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="below 0.001 means greedy")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, ge=0.5, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="the range torch.manual_seed takes")
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_below_minimum(cls, value: float | None) -> float | None:
+        return 0.0 if value is not None and value < MIN_TEMPERATURE else value
 
 
 class GenerationSlots:
@@ -162,19 +175,73 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
-    """Decode and validate a chat-completions body, as 400s naming the offending field."""
+    """Decode and validate a chat-completions body, as 400s naming the offending field.
+
+    pydantic's own JSON parser does both at once: it refuses invalid UTF-8, lone surrogates and nesting deeper
+    than it recurses (all 400, where the standard library's parser raised errors that became 500s).
+    """
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
-    try:
-        return ChatCompletionRequest.model_validate(data)
+        return ChatCompletionRequest.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            reason = first.get("ctx", {}).get("error", first["msg"])
+            raise ApiError(400, f"request body is not valid JSON: {reason}", code="invalid_json") from None
+        if not first["loc"]:
+            raise ApiError(400, "request body must be a JSON object", code="invalid_json") from None
         param = ".".join(str(p) for p in first["loc"])
         raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from None
+
+
+def check_request(request: ChatCompletionRequest, limits: ApiLimits) -> None:
+    """Refuse, before any tokenisation, requests over the message, tool and schema limits (all cheap to count)."""
+    if len(request.messages) > limits.max_messages:
+        raise ApiError(
+            400,
+            f"{len(request.messages)} messages; the limit is {limits.max_messages}",
+            param="messages",
+            code="limit_exceeded",
+        )
+    tools = request.tools or []
+    if len(tools) > limits.max_tools:
+        raise ApiError(
+            400, f"{len(tools)} tools; the limit is {limits.max_tools}", param="tools", code="limit_exceeded"
+        )
+    for tool in tools:
+        depth = nesting_depth(tool.function.parameters)
+        if depth > limits.max_schema_depth:
+            raise ApiError(
+                400,
+                f"the parameters of tool {tool.function.name!r} are nested {depth} levels deep; the limit is "
+                f"{limits.max_schema_depth}",
+                param="tools",
+                code="limit_exceeded",
+            )
+    size = len(json.dumps([tool.function.model_dump() for tool in tools], ensure_ascii=False).encode())
+    if size > limits.max_tool_schema_bytes:
+        raise ApiError(
+            400,
+            f"the tool schemas are {size} bytes; the limit is {limits.max_tool_schema_bytes}",
+            param="tools",
+            code="limit_exceeded",
+        )
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply objects and lists nest in a JSON value (a scalar is 0), counted without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack += [(child, depth + 1) for child in children]
+    return deepest
 
 
 def _text(content: str | list[TextPart] | None) -> str:
@@ -285,24 +352,47 @@ class ChatService:
             )
         return [tool.function.model_dump() for tool in request.tools]
 
+    def prompt_budget(self, settings: GenerationSettings) -> int:
+        """Prompt tokens that fit beside `max_new_tokens` in the context (and under `max_prompt_tokens`)."""
+        budget = self.engine.max_context - settings.max_new_tokens
+        return min(self.config.limits.max_prompt_tokens or budget, budget)
+
+    def check_prompt_size(
+        self, messages: list[dict[str, Any]], tools: Any, settings: GenerationSettings
+    ) -> None:
+        """Refuse, without tokenising, prompts whose text alone proves them too long for the context.
+
+        No token covers more characters than the vocabulary's longest entry, so text longer than budget x that
+        (doubled for normalisers that drop characters) cannot fit; tokenising it would only cost time and memory.
+        """
+        characters = sum(len(message.get("content") or "") for message in messages)
+        characters += len(json.dumps(tools, ensure_ascii=False)) if tools else 0
+        budget = self.prompt_budget(settings)
+        if characters > 2 * budget * self.longest_token:
+            raise self._too_long(f"at least {characters // self.longest_token}", budget, settings)
+
     def check_prompt(self, messages: list[dict[str, Any]], tools: Any, settings: GenerationSettings) -> None:
-        """Refuse prompts over the message or token limits (never silently truncate a client's request)."""
-        limits = self.config.limits
-        if len(messages) > limits.max_messages:
-            raise ApiError(
-                400, f"{len(messages)} messages; the limit is {limits.max_messages}", param="messages"
-            )
-        budget = limits.max_prompt_tokens or (self.engine.max_context - settings.max_new_tokens)
-        budget = min(budget, self.engine.max_context - settings.max_new_tokens)
+        """Refuse prompts over the token limit (never silently truncate a client's request); runs in the slot."""
+        budget = self.prompt_budget(settings)
         tokens = self.engine.count_prompt_tokens(messages, tools)
         if tokens > budget:
-            raise ApiError(
-                400,
-                f"the prompt is {tokens} tokens; with max_tokens={settings.max_new_tokens} at most {budget} fit "
-                f"(context {self.engine.max_context}); shorten the messages or lower max_tokens",
-                param="messages",
-                code="context_length_exceeded",
-            )
+            raise self._too_long(str(tokens), budget, settings)
+
+    def _too_long(self, tokens: str, budget: int, settings: GenerationSettings) -> ApiError:
+        return ApiError(
+            400,
+            f"the prompt is {tokens} tokens; with max_tokens={settings.max_new_tokens} at most {budget} fit "
+            f"(context {self.engine.max_context}); shorten the messages or lower max_tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+    @functools.cached_property
+    def longest_token(self) -> int:
+        """Characters in the vocabulary's longest token string (byte-level strings count each byte)."""
+        tokenizer = self.engine.tokenizer
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        return max((len(piece) for piece in pieces if isinstance(piece, str)), default=1) or 1
 
     async def events(
         self, messages: list[dict[str, Any]], settings: GenerationSettings, tools: Any, stop: threading.Event
@@ -320,6 +410,7 @@ class ChatService:
 
         def work() -> None:
             try:
+                self.check_prompt(messages, settings=settings, tools=tools)
                 stream = self.engine.stream(messages, settings, tools=tools, stop_event=stop)
                 for delta in stream:
                     put(("delta", delta))
@@ -354,10 +445,11 @@ class ChatService:
                 param="model",
                 code="model_not_found",
             )
+        check_request(request, self.config.limits)
         settings = self.settings_for(request)
         tools = self.tools_for(request)
         messages = safety.with_system_prompt(to_engine_messages(request), self.config.safety)
-        self.check_prompt(messages, tools, settings)
+        self.check_prompt_size(messages, tools, settings)
         return messages, settings, tools
 
     async def complete(self, request: ChatCompletionRequest, http: Request) -> dict[str, Any]:
@@ -451,9 +543,14 @@ async def _stop_on_disconnect(request: Request, stop: threading.Event) -> None:
 
 
 def create_app(
-    engine: ChatEngine, config: ApiConfig, model_id: str, api_key: str | None, announce: str = ""
+    engine: ChatEngine,
+    config: ApiConfig,
+    model_id: str,
+    api_key: str | None,
+    announce: str = "",
+    host: str = "127.0.0.1",
 ) -> FastAPI:
-    """The FastAPI application; `announce` is printed once the server is listening."""
+    """The FastAPI application; `announce` is printed once the server is listening on `host`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -464,6 +561,23 @@ def create_app(
     app = FastAPI(title="wenzhen API", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     service = ChatService(engine, config, model_id)
     app.state.service = service
+    if api_key is None:
+        origins = set(config.access.cors_origins)
+        app.add_middleware(
+            AccessGuard,
+            hosts=accepted_hosts(host, config.access.allowed_hosts),
+            origin_allowed=origins.__contains__,
+            json_only=True,
+            host_fix="add it to access.allowed_hosts in --config, or set $WENZHEN_API_KEY to require a key instead",
+            origin_fix="add it to access.cors_origins in --config, or set $WENZHEN_API_KEY to require a key instead",
+        )
+    if config.access.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.access.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     def authorise(request: Request) -> None:
         if api_key is None:
@@ -550,5 +664,5 @@ def run_api(
     api_key = os.environ.get(config.api_key_env) or None
     auth = "bearer key required" if api_key else f"no auth (set ${config.api_key_env} to require a key)"
     announce = f"wenzhen api: serving {model_id!r} on http://{host}:{port}/v1 ({auth})"
-    app = create_app(ChatEngine(loaded), config, model_id, api_key, announce)
+    app = create_app(ChatEngine(loaded), config, model_id, api_key, announce, host)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

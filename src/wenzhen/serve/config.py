@@ -19,6 +19,35 @@ class ApiLimits(StrictModel):
     default_max_tokens: int = Field(512, ge=1, description="used when the request gives no max_tokens")
     max_concurrent: int = Field(1, ge=1, description="generations running at once")
     max_queue: int = Field(8, ge=0, description="requests waiting for a slot; more get 429")
+    max_tools: int = Field(32, ge=0, description="more tools in one request get 400")
+    max_tool_schema_bytes: int = Field(
+        16_384,
+        ge=256,
+        description="tool schemas larger than this (as compact JSON, all tools together) get 400",
+    )
+    max_schema_depth: int = Field(
+        12, ge=2, description="tool parameter schemas nested deeper than this (objects and lists) get 400"
+    )
+
+
+class HostAccess(StrictModel):
+    """Which Host names the web UI answers to (pages on other sites must not drive it: CSRF, DNS rebinding)."""
+
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names accepted besides the bound address and localhost (e.g. this machine's name "
+        "when binding 0.0.0.0)",
+    )
+
+
+class ApiAccess(HostAccess):
+    """Who may reach the API without a key (with a key, the key decides and Host/Origin are not checked)."""
+
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins (e.g. http://localhost:3000) allowed to call the API; empty = CORS off and "
+        "cross-origin browser requests refused when no API key is set",
+    )
 
 
 class ApiConfig(StrictModel):
@@ -31,6 +60,7 @@ class ApiConfig(StrictModel):
         "WENZHEN_API_KEY", description="environment variable holding the bearer token; unset = no auth"
     )
     limits: ApiLimits = Field(default_factory=ApiLimits, description="request and concurrency limits")
+    access: ApiAccess = Field(default_factory=ApiAccess, description="accepted hosts and browser origins")
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="defaults for fields a request leaves out"
     )
@@ -46,6 +76,7 @@ class WebConfig(StrictModel):
     )
     safety: SafetyConfig = Field(default_factory=SafetyConfig, description="the safety guard")
     max_tool_rounds: int = Field(3, ge=1, le=10, description="tool calls the model may chain per question")
+    access: HostAccess = Field(default_factory=HostAccess, description="accepted Host names")
     examples: list[str] = Field(
         description="example questions shown under the chat",
         default_factory=lambda: [

@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from wenzhen import safety
 from wenzhen.errors import WenzhenError
 from wenzhen.generation import ChatEngine, GenerationSettings
+from wenzhen.serve.access import AccessGuard, accepted_hosts, hostname
 from wenzhen.serve.config import WebConfig
 from wenzhen.serve.tools import call_tool, tool_schemas
 
@@ -347,6 +349,19 @@ def build_ui(ui: ConsultationUI, names: list[str]) -> gr.Blocks:
     return demo
 
 
+def access_middleware(host: str, config: WebConfig) -> Middleware:
+    """Refuse foreign Hosts (DNS rebinding) and pages of other sites (CSRF): Gradio only withholds CORS headers
+    from other origins, which still lets their requests run, and never checks the Host."""
+    hosts = accepted_hosts(host, config.access.allowed_hosts)
+    return Middleware(
+        AccessGuard,
+        hosts=hosts,
+        origin_allowed=lambda origin: hostname(origin) in hosts,
+        host_fix="add it to access.allowed_hosts in --config",
+        origin_fix="open the UI at its own address, or add that host to access.allowed_hosts in --config",
+    )
+
+
 def run_web(
     model: str,
     config: WebConfig,
@@ -383,6 +398,7 @@ def run_web(
         theme=gr.themes.Default(font=["WenQuanYi Zen Hei", "sans-serif"], font_mono=["monospace"]),
         css=CSS,
         footer_links=[],
+        app_kwargs={"middleware": [access_middleware(host, config)]},
     )
     print(f"wenzhen web: serving {' vs '.join(names)} on http://{host}:{port}", flush=True)
     try:

@@ -5,6 +5,7 @@ resume would pick. wenzhen's trainer writes it under `.staging/` and renames it 
 disk; a folder named `checkpoint-N` is therefore always complete.
 """
 
+import json
 import os
 import re
 import shutil
@@ -74,3 +75,38 @@ def publish(staged: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staged, target)
+
+
+def rotate_checkpoints(output_dir: Path, keep: int | None, best: str | None = None) -> None:
+    """Delete the oldest checkpoints beyond `keep` (never the newest or the best one), each atomically.
+
+    A checkpoint is first renamed into `.staging/` and only then deleted, so a kill during the deletion leaves
+    staging debris (cleared at the next start) instead of a half-deleted `checkpoint-N` that a resume would pick.
+    """
+    if keep is None or keep <= 0:
+        return
+    checkpoints = complete_checkpoints(output_dir)
+    protected = {checkpoints[-1].resolve()} if checkpoints else set()
+    if best is not None:
+        protected.add(Path(best).resolve())
+    excess = len(checkpoints) - max(keep, len(protected))
+    doomed = [path for path in checkpoints if path.resolve() not in protected][: max(excess, 0)]
+    trash = output_dir / STAGING
+    for checkpoint in doomed:
+        trash.mkdir(exist_ok=True)
+        moved = trash / f"deleting-{checkpoint.name}"
+        shutil.rmtree(moved, ignore_errors=True)
+        os.replace(checkpoint, moved)
+        shutil.rmtree(moved, ignore_errors=True)
+
+
+def finished_step(checkpoint: Path, max_steps: int, num_train_epochs: float) -> int | None:
+    """The step at which `checkpoint`'s run ended, when resuming it with these limits would train no further."""
+    state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    step = int(state.get("global_step", 0))
+    if max_steps > 0:
+        return step if step >= max_steps else None
+    planned = int(state.get("max_steps", 0))
+    if num_train_epochs > float(state.get("num_train_epochs", 0)):
+        return None
+    return step if planned and step >= planned else None

@@ -11,6 +11,7 @@ A run folder (`training_args.output_dir`) ends up with:
 `summary.json`, `encoding.json` (kept / truncated / skipped samples and why).
 """
 
+import json
 import logging
 import math
 import os
@@ -32,10 +33,9 @@ from transformers import (
 )
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import rotate_checkpoints
 
 from wenzhen.errors import WenzhenError
-from wenzhen.io import read_jsonl, write_json
+from wenzhen.io import check_apart, read_jsonl, write_json
 from wenzhen.models import LoadedModel
 from wenzhen.runinfo import RunInfo, write_run_info
 from wenzhen.train.callbacks import (
@@ -49,7 +49,14 @@ from wenzhen.train.callbacks import (
     plot_curve,
     read_metrics,
 )
-from wenzhen.train.checkpoints import STAGING, complete_checkpoints, publish, resolve_resume
+from wenzhen.train.checkpoints import (
+    STAGING,
+    complete_checkpoints,
+    finished_step,
+    publish,
+    resolve_resume,
+    rotate_checkpoints,
+)
 from wenzhen.train.config import PerformanceConfig, TrainConfig
 from wenzhen.train.encoding import EncodedSample, EncodingReport, encode_rows
 from wenzhen.train.evaluation import DevGeneration
@@ -116,12 +123,7 @@ class WenzhenTrainer(Trainer):
         if self.args.should_save:
             name = f"checkpoint-{self.state.global_step}"
             publish(run_dir / STAGING / name, run_dir / name)
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 
     def compute_loss(
@@ -451,7 +453,11 @@ def train(
     device = training_device(config)
     method.check_available(device)
     output_dir = Path(config.training_args.output_dir)
+    check_apart(output_dir, [data_dir, model_dir])
     resume_from = resolve_resume(output_dir, resume)
+    finished = already_finished(output_dir, resume_from, config)
+    if finished is not None:
+        return finished
     if resume and resume.strip().lower() == "yes" and resume_from is None:
         log.warning(
             "notice: AUTO_RESUME yes but %s has no checkpoint yet; starting from the beginning", output_dir
@@ -502,6 +508,25 @@ def train(
         plot_curve(read_metrics(output_dir / METRICS_FILE), output_dir / CURVE_FILE)
         shutil.rmtree(output_dir / STAGING, ignore_errors=True)
         log.info("%s", format_summary(summary))
+    return TrainResult(output_dir=output_dir, final_dir=final, summary=summary)
+
+
+def already_finished(output_dir: Path, resume_from: Path | None, config: TrainConfig) -> TrainResult | None:
+    """The finished run that resuming would only extend past its end (its `final/` is left alone), or None."""
+    final, summary_file = output_dir / FINAL, output_dir / SUMMARY_FILE
+    if resume_from is None or not final.is_dir() or not summary_file.is_file():
+        return None
+    args = config.training_args
+    step = finished_step(resume_from, args.max_steps, args.num_train_epochs)
+    if step is None:
+        return None
+    log.warning(
+        "notice: %s already finished at step %d and its final/ is kept as it is; pass a larger --max-steps to "
+        "train further, or a new --output-dir to start over",
+        output_dir,
+        step,
+    )
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
     return TrainResult(output_dir=output_dir, final_dir=final, summary=summary)
 
 
