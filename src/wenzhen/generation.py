@@ -8,19 +8,22 @@ setting means the same on either; the streamer hands token ids to our incrementa
 character split across byte-fallback tokens is never emitted half-way.
 """
 
+import collections
+import logging
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import torch
 from pydantic import Field
 from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
-    StaticCache,
     StoppingCriteria,
     StoppingCriteriaList,
     TemperatureLogitsWarper,
@@ -34,9 +37,15 @@ from wenzhen.errors import WenzhenError
 from wenzhen.models import LoadedModel, Message
 from wenzhen.models.attention import use_grouped_sdpa
 
+log = logging.getLogger(__name__)
+
 REPLACEMENT_CHAR = "\ufffd"
-# Static KV caches are sized in steps of this many tokens, so requests of similar length share one compiled graph.
-CACHE_BUCKET = 256
+# The slot KV cache takes at most this share of the GPU memory free after loading (the rest: activations,
+# CUDA graphs, the prefill of long prompts), or of the available host memory on CPU.
+KV_SHARE_OF_FREE_GPU = 0.6
+KV_SHARE_OF_FREE_HOST = 0.25
+# Sequences decoded at once at most: beyond this a 6B model's step is no longer bound by reading the weights.
+MAX_BATCH = 64
 TRANSFORMERS_DEFAULT_TOP_K = 50
 
 
@@ -130,153 +139,368 @@ class ChatStream:
         return self.deltas
 
 
-class StaticCacheDecoder:
-    """Decoding over a static KV cache, the one-token step compiled into a CUDA graph on GPU.
+class SlotKVCache:
+    """Keys and values of up to `slots` sequences of up to `length` tokens each, one slot per request.
 
-    Why our own loop rather than `model.generate(cache_implementation="static")`: that compiles the same step, but
-    its per-token Python (processor and criteria objects, cache and mask bookkeeping, growing-mask shapes) and a
-    host sync before every next step kept ChatGLM3-6B at 117 tokens/s at batch 1 on an H100, 49% of the
-    weight-streaming roofline (benchmarks/results/generate_speed.md). Here a token costs one graph replay and the
-    logits processors, and the host reads token n while the GPU already computes step n+1. The cache is sized in
-    `CACHE_BUCKET` steps and kept between requests, and the attention mask is a fixed-size buffer, so shapes (and
-    the graph) stay the same; grouped-query attention runs without copying keys and values per query head
-    (`wenzhen.models.attention`).
+    Why not transformers' `StaticCache`: it writes every row of a batch at the same cache positions, which holds
+    for a left-padded batch that starts together but not for requests that join a running batch at different
+    lengths. Here each row writes its new key and value at its own position (one indexed store per layer), so the
+    rows of one decode step can be at any length. Two modes, set by the batcher before each model call: `prefill`
+    writes one request's prompt into its slot and attends over the prompt alone; `decode` writes one token per row
+    of slots `0..batch-1` at `positions` and attends over the rows' whole slots (the mask hides the unused tail).
+    Implements the part of transformers' cache interface their attention layers call (`update`).
     """
 
-    def __init__(self, model: Any, compile_step: bool) -> None:
+    def __init__(
+        self, config: Any, slots: int, length: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        layers, kv_heads, head_dim = kv_cache_shape(config)
+        shape = (slots, kv_heads, length, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.slots, self.length = slots, length
+        self.prefill_slot: int | None = None
+        self.positions: torch.Tensor | None = None
+
+    def mark_static(self) -> None:
+        """Tell the compiler the tensors live at fixed addresses (CUDA graphs then read them in place)."""
+        for tensor in [*self.keys, *self.values]:
+            torch._dynamo.mark_static_address(tensor)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values of layer `layer_idx`; return what the layer attends over."""
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self.prefill_slot is not None:
+            length = key_states.shape[2]
+            keys[self.prefill_slot, :, :length] = key_states[0]
+            values[self.prefill_slot, :, :length] = value_states[0]
+            return key_states, value_states
+        assert self.positions is not None
+        batch = key_states.shape[0]
+        rows = torch.arange(batch, device=key_states.device)
+        keys[rows, :, self.positions] = key_states[:, :, 0]
+        values[rows, :, self.positions] = value_states[:, :, 0]
+        return keys[:batch], values[:batch]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Unused by the batcher (it passes positions and masks itself); part of the cache interface."""
+        return 0
+
+
+def kv_cache_shape(config: Any) -> tuple[int, int, int]:
+    """(layers, key/value heads, head size) of a transformers decoder config."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, kv_heads, head_dim
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Batch sizes a decode step is compiled for: powers of two up to `max_batch`, and `max_batch` itself."""
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
+    return sizes if sizes[-1] == max_batch else [*sizes, max_batch]
+
+
+@dataclass(eq=False)
+class _Request:
+    """One generation inside the batcher: its prompt, settings and where its tokens go."""
+
+    prompt: list[int]
+    settings: GenerationSettings
+    stop_ids: frozenset[int]
+    stop_event: threading.Event
+    out: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+    slot: int = -1
+    generated: int = 0
+    sequence: torch.Tensor | None = None  # prompt + answer on the device, for the repetition penalty
+    processors: LogitsProcessorList = field(default_factory=LogitsProcessorList)
+    generator: torch.Generator | None = None
+
+    @property
+    def group(self) -> tuple[Any, ...] | None:
+        """Rows with the same key are chosen together in one batched call; None = on its own (needs its own
+        sequence or random generator)."""
+        if self.settings.repetition_penalty != 1.0 or self.generator is not None:
+            return None
+        if self.settings.temperature <= 0:
+            return ("greedy",)
+        return ("sample", self.settings.temperature, self.settings.top_p)
+
+
+class ContinuousBatcher:
+    """Continuous batching over a slot KV cache: requests join the running batch after their prefill and leave
+    it when they finish, each with its own settings, stop tokens, stream and cancellation.
+
+    Why our own loop rather than `model.generate`: generate runs one batch from start to end, so a request that
+    arrives while another decodes waits for it, and eight patients share one sequence's speed. Here one thread
+    owns the model: each iteration chooses the next token of every running row (rows with equal settings in one
+    call, through transformers' own logits processors), prefills requests that arrived, launches the next decode
+    step for all rows, and only then waits for the chosen tokens on the host, so the GPU computes step n+1 while
+    the host streams token n and checks stops (a finished row costs at most one wasted step). On GPU the
+    one-token step is compiled with CUDA graphs, one graph per batch-size bucket (`batch_buckets`), the batch
+    dimension compiled once as dynamic; on CPU the same loop runs eagerly. Rows keep their slot for their
+    lifetime; a step runs over slots `0..bucket-1`, and free slots inside the bucket compute a discarded row.
+    """
+
+    def __init__(self, model: Any, slots: int, length: int, compile_step: bool) -> None:
         self.model = model
         use_grouped_sdpa(model)
-        self.cache: StaticCache | None = None
-        self.cache_shape: tuple[int, int] = (0, 0)
+        self.device = next(model.parameters()).device
+        self.slots, self.length = slots, length
+        self.buckets = batch_buckets(slots)
+        self.cache: SlotKVCache | None = None
         self.compiled = compile_step
-        self.step = self._forward_step
-        if compile_step:
-            self.step = torch.compile(self._forward_step, mode="reduce-overhead")
+        self.step = (
+            torch.compile(self._decode_step, mode="reduce-overhead") if compile_step else self._decode_step
+        )
+        self.top_k = self._sampling_top_k()
+        self._incoming: queue.Queue[list[_Request]] = queue.Queue()
+        self._backlog: collections.deque[_Request] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.rows: list[_Request | None] = [None] * slots
 
-    def _forward_step(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        cache_position: torch.Tensor,
-        mask: torch.Tensor,
-        cache: StaticCache,
-    ) -> torch.Tensor:
-        logits = self.model(
-            input_ids=tokens,
-            position_ids=positions,
-            attention_mask=mask,
-            past_key_values=cache,
-            cache_position=cache_position,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits
-        # A graph's outputs are overwritten by its next replay: hand back a copy in fp32 for the processors.
-        return logits[:, -1, :].float()
+    # --- the public side: any thread ---
+
+    def submit(self, requests: list[_Request]) -> None:
+        """Queue requests; they join the batch together at the next step."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wenzhen-batcher", daemon=True)
+                self._thread.start()
+        self._incoming.put(requests)
+
+    @property
+    def active(self) -> int:
+        """Rows decoding now."""
+        return sum(row is not None for row in self.rows)
+
+    # --- the batcher thread ---
 
     def _sampling_top_k(self) -> int:
         """The model's top_k, else the 50 that transformers' `generate` applies when a model sets none."""
         top_k = getattr(self.model.generation_config, "top_k", None)
         return TRANSFORMERS_DEFAULT_TOP_K if top_k is None else int(top_k)
 
-    def _cache_for(self, batch: int, length: int) -> StaticCache:
-        size = -(-length // CACHE_BUCKET) * CACHE_BUCKET
-        if self.cache is None or self.cache_shape[0] != batch or self.cache_shape[1] < length:
-            self.cache = None  # free the old one before allocating
-            self.cache = StaticCache(config=self.model.config, max_cache_len=size)
-            self.cache_shape = (batch, size)
-        else:
-            self.cache.reset()
-        return self.cache
+    def _allocate(self) -> None:
+        dtype = next(self.model.parameters()).dtype
+        self.cache = SlotKVCache(self.model.config, self.slots, self.length, dtype, self.device)
+        if self.compiled:
+            self.cache.mark_static()
+        self.tokens = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        self.columns = torch.arange(self.length, device=self.device)
 
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention: torch.Tensor,
-        settings: GenerationSettings,
-        stop_ids: list[int],
-        pad_id: int,
-        stop_event: threading.Event,
-        streamer: BaseStreamer | None,
-    ) -> torch.Tensor:
-        """New tokens [batch, n] for left-padded `input_ids`; rows that stopped early are padded with `pad_id`."""
-        batch, width = input_ids.shape
-        device = input_ids.device
-        cache = self._cache_for(batch, width + settings.max_new_tokens)
-        mask = torch.ones((batch, self.cache_shape[1]), dtype=torch.long, device=device)
-        mask[:, :width] = attention
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        processors = settings.logits_processors(self._sampling_top_k())
-        stops = torch.tensor(stop_ids or [-1], device=device)
-        logits = self._forward_step(input_ids, positions, torch.arange(width, device=device), mask, cache)
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        sequence = input_ids
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        next_positions = positions[:, -1:] + 1
-        cache_position = torch.tensor([width], device=device)
-        new_tokens = []
-        for step in range(settings.max_new_tokens):
-            tokens = self._choose(processors(sequence, logits), settings.temperature > 0)
-            tokens = torch.where(finished, pad_id, tokens)
-            new_tokens.append(tokens)
-            sequence = torch.cat([sequence, tokens[:, None]], dim=1)
-            finished = finished | torch.isin(tokens, stops)
-            # Queue the token's copy to the host, then the next step, and only then wait for the copy: the GPU
-            # computes step n+1 while the host streams token n and checks for a stop (one step may be wasted).
-            host_tokens, all_finished, copied = self._to_host(tokens, finished)
-            last = step + 1 == settings.max_new_tokens
-            if not last:
-                logits = self._launch_step(tokens, next_positions, cache_position, mask, cache)
-                next_positions = next_positions + 1
-                cache_position = cache_position + 1
-            if copied is not None:
-                copied.synchronize()
-            if streamer is not None:
-                streamer.put(host_tokens)
-            if bool(all_finished) or stop_event.is_set() or last:
+    def _run(self) -> None:
+        with torch.inference_mode():
+            if self.cache is None:
+                self._allocate()
+            pending: tuple[torch.Tensor, list[_Request]] | None = None
+            while True:
+                try:
+                    pending = self._iteration(pending)
+                except Exception as exc:  # handed to every caller waiting on a row; the loop serves on
+                    self._fail_all(exc)
+                    pending = None
+
+    def _iteration(
+        self, pending: tuple[torch.Tensor, list[_Request]] | None
+    ) -> tuple[torch.Tensor, list[_Request]] | None:
+        """Choose tokens from the last step, admit newcomers, launch the next step, then stream and retire."""
+        chosen: list[tuple[list[_Request], torch.Tensor]] = []
+        if pending is not None:
+            logits, launched = pending
+            alive = [row for row in launched if self.rows[row.slot] is row]
+            if alive:
+                chosen.append((alive, self._choose(logits, alive)))
+            self.positions[: self._bucket(launched)] += 1
+        for request in self._admit(block=not chosen):
+            chosen.append(([request], self._prefill(request)))
+        if not chosen:
+            return None
+        for rows, tokens in chosen:  # each row's next input is the token just chosen for it
+            self.tokens[self._slot_index(rows)] = tokens
+        host = [(rows, self._to_host(tokens)) for rows, tokens in chosen]
+        copied = self._record()
+        running = [row for row in self.rows if row is not None]
+        next_pending = self._launch(running) if running else None
+        if copied is not None:
+            copied.synchronize()
+        for rows, tokens in host:
+            for row, token in zip(rows, tokens.tolist(), strict=True):
+                self._deliver(row, token)
+        return next_pending
+
+    def _bucket(self, rows: list[_Request]) -> int:
+        needed = max(row.slot for row in rows) + 1
+        return next(size for size in self.buckets if size >= needed)
+
+    def _slot_index(self, rows: list[_Request]) -> torch.Tensor | slice:
+        slots = [row.slot for row in rows]
+        if slots == list(range(len(slots))):
+            return slice(0, len(slots))
+        return torch.tensor(slots, device=self.device)
+
+    def _admit(self, block: bool) -> list[_Request]:
+        """Give free slots to waiting requests, oldest first (waiting for one when nothing runs)."""
+        while True:
+            try:
+                self._backlog.extend(self._incoming.get(block=block and not self._backlog))
+            except queue.Empty:
                 break
-        if streamer is not None:
-            streamer.end()
-        return torch.stack(new_tokens, dim=1)
+            block = False
+        for request in [r for r in self._backlog if r.stop_event.is_set()]:
+            self._backlog.remove(request)  # cancelled while waiting: never prefilled
+            request.out.put(None)
+        admitted: list[_Request] = []
+        while self._backlog and None in self.rows:
+            request = self._backlog.popleft()
+            request.slot = self.rows.index(None)
+            self.rows[request.slot] = request
+            admitted.append(request)
+        return admitted
 
-    @staticmethod
-    def _to_host(
-        tokens: torch.Tensor, finished: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
-        """Start copying the tokens and the all-finished flag to (pinned) host memory; on GPU also an event
-        that completes with the copies."""
-        if tokens.device.type != "cuda":
-            return tokens, finished.all(), None
-        host_tokens = tokens.to("cpu", non_blocking=True)
-        all_finished = finished.all().to("cpu", non_blocking=True)
-        copied = torch.cuda.Event()
-        copied.record()
-        return host_tokens, all_finished, copied
+    def _prefill(self, request: _Request) -> torch.Tensor:
+        """Run the prompt into the request's slot; its first token."""
+        assert self.cache is not None
+        length = len(request.prompt)
+        ids = torch.tensor([request.prompt], device=self.device)
+        positions = torch.arange(length, device=self.device)
+        causal = torch.ones((length, length), dtype=torch.bool, device=self.device).tril()
+        self.cache.prefill_slot = request.slot
+        try:
+            logits = (
+                self.model(
+                    input_ids=ids,
+                    position_ids=positions[None],
+                    attention_mask=causal[None, None],
+                    past_key_values=self.cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                .logits[:, -1, :]
+                .float()
+            )
+        finally:
+            self.cache.prefill_slot = None
+        settings = request.settings
+        request.processors = settings.logits_processors(self.top_k)
+        if settings.seed is not None:
+            request.generator = torch.Generator(self.device).manual_seed(settings.seed)
+        if settings.repetition_penalty != 1.0:
+            request.sequence = ids
+        self.positions[request.slot] = length
+        return self._choose(logits, [request], rows_are_slots=False)
 
-    def _launch_step(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        cache_position: torch.Tensor,
-        mask: torch.Tensor,
-        cache: StaticCache,
-    ) -> torch.Tensor:
+    def _decode_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        assert self.cache is not None
+        mask = self.columns[None, :] <= positions[:, None]
+        self.cache.positions = positions
+        logits = self.model(
+            input_ids=tokens[:, None],
+            position_ids=positions[:, None],
+            attention_mask=mask[:, None, None, :],
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+        # A graph's outputs are overwritten by its next replay: hand back a copy in fp32 for the processors.
+        return logits[:, -1, :].float()
+
+    def _launch(self, rows: list[_Request]) -> tuple[torch.Tensor, list[_Request]]:
+        bucket = self._bucket(rows)
+        tokens, positions = self.tokens[:bucket], self.positions[:bucket].clamp(max=self.length - 1)
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
-        return self.step(tokens[:, None], positions, cache_position, mask, cache)
+            if bucket > 1:  # one compilation serves every batch size above 1 (size 1 is specialised)
+                torch._dynamo.mark_dynamic(tokens, 0)
+                torch._dynamo.mark_dynamic(positions, 0)
+        return self.step(tokens, positions), rows
 
-    @staticmethod
-    def _choose(scores: torch.Tensor, sample: bool) -> torch.Tensor:
-        if sample:
-            return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-        return scores.argmax(dim=-1)
+    def _choose(
+        self, logits: torch.Tensor, rows: list[_Request], rows_are_slots: bool = True
+    ) -> torch.Tensor:
+        """Next token of each row; `logits` rows are slots (a decode step) or `rows` in order (a prefill)."""
+        scores = logits[self._slot_index(rows)] if rows_are_slots else logits
+        groups: dict[tuple[Any, ...] | None, list[int]] = {}
+        for index, row in enumerate(rows):
+            groups.setdefault(row.group, []).append(index)
+        if len(groups) == 1 and None not in groups:
+            return self._choose_group(scores, rows[0])
+        tokens = torch.empty(len(rows), dtype=torch.long, device=self.device)
+        for key, members in groups.items():
+            if key is None:
+                for index in members:
+                    tokens[index] = self._choose_own(scores[index : index + 1], rows[index])[0]
+            else:
+                where = torch.tensor(members, device=self.device)
+                tokens[where] = self._choose_group(scores[where], rows[members[0]])
+        return tokens
+
+    def _choose_group(self, scores: torch.Tensor, like: _Request) -> torch.Tensor:
+        """Rows with the same settings and no per-row state: one batched call (temperature, top-k/p)."""
+        if like.settings.temperature <= 0:
+            return scores.argmax(dim=-1)
+        scores = like.processors(None, scores)  # type: ignore[arg-type]  # these warpers ignore input_ids
+        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+    def _choose_own(self, scores: torch.Tensor, row: _Request) -> torch.Tensor:
+        """A row with its own state: the repetition penalty reads its sequence, a seed its own generator."""
+        if row.sequence is not None:
+            scores = row.processors(row.sequence, scores)
+        elif row.settings.temperature > 0:
+            scores = row.processors(None, scores)  # type: ignore[arg-type]
+        if row.settings.temperature > 0:
+            probs = torch.softmax(scores, dim=-1)
+            token = torch.multinomial(probs, num_samples=1, generator=row.generator).squeeze(1)
+        else:
+            token = scores.argmax(dim=-1)
+        if row.sequence is not None:
+            row.sequence = torch.cat([row.sequence, token[:, None]], dim=1)
+        return token
+
+    def _to_host(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.to("cpu", non_blocking=True) if tokens.device.type == "cuda" else tokens
+
+    def _record(self) -> torch.cuda.Event | None:
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+    def _deliver(self, row: _Request, token: int) -> None:
+        """Stream one token to its request; retire the row when it stops, reaches its budget or is cancelled."""
+        if self.rows[row.slot] is not row:
+            return
+        row.generated += 1
+        row.out.put([token])
+        if token in row.stop_ids or row.generated >= row.settings.max_new_tokens or row.stop_event.is_set():
+            self._retire(row)
+
+    def _retire(self, row: _Request) -> None:
+        self.rows[row.slot] = None
+        row.out.put(None)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for row in self.rows:
+            if row is not None:
+                self.rows[row.slot] = None
+                row.out.put(exc)
+                row.out.put(None)
 
 
 class ChatEngine:
     """Generation for one loaded model."""
 
     def __init__(
-        self, loaded: LoadedModel, max_context: int | None = None, static_cache: bool | None = None
+        self,
+        loaded: LoadedModel,
+        max_context: int | None = None,
+        static_cache: bool | None = None,
+        max_batch: int | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -291,13 +515,15 @@ class ChatEngine:
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
         )
-        # transformers models are not safe to drive from several threads at once, and CUDA-graph replays belong to
-        # the thread that recorded them: every generation runs on this one long-lived worker thread.
+        # transformers' generate (the path with `static_cache=False`, kept for callers that want it, such as
+        # evaluation during training) is not safe to drive from several threads at once: it runs on this one
+        # long-lived worker thread.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wenzhen-generate")
-        # The static-cache decoder compiles its step into a CUDA graph: measured in benchmarks/generate_speed.py,
-        # it is the default on GPU; on CPU, where compilation does not pay, transformers' generate decodes.
-        self.static_cache = (self.device.type == "cuda") if static_cache is None else static_cache
-        self.decoder: StaticCacheDecoder | None = None
+        # The default: continuous batching over a slot KV cache, its step compiled into CUDA graphs on GPU.
+        self.static_cache = True if static_cache is None else static_cache
+        self.max_batch = max_batch or default_max_batch(self.model, self.max_context)
+        self.batcher: ContinuousBatcher | None = None
+        self._shrink_said = False
 
     @property
     def device(self) -> torch.device:
@@ -318,21 +544,40 @@ class ChatEngine:
         self, messages: list[Message], max_new_tokens: int, tools: list[dict[str, Any]] | None = None
     ) -> list[Message]:
         """Drop the oldest turns (never system messages, never the last message) until the prompt plus
-        `max_new_tokens` fits the context window."""
+        `max_new_tokens` fits the context window; what cannot be dropped stays, and the answer budget then shrinks
+        (`answer_budget`). Only a prompt that alone fills the context is refused."""
         kept = list(messages)
         budget = self.max_context - max_new_tokens
         while len(self.encode(kept, tools)) > budget:
             droppable = [i for i, m in enumerate(kept[:-1]) if m["role"] != "system"]
             if not droppable:
-                raise WenzhenError(
-                    f"the message is too long for the context window ({self.max_context} tokens with "
-                    f"{max_new_tokens} for the answer); shorten it or lower max_new_tokens"
-                )
+                break
             del kept[droppable[0]]
             # Drop a whole exchange: an orphaned assistant answer would confuse the model.
             if droppable[0] < len(kept) - 1 and kept[droppable[0]]["role"] == "assistant":
                 del kept[droppable[0]]
+        self.answer_budget(len(self.encode(kept, tools)), max_new_tokens)
         return kept
+
+    def answer_budget(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """The answer tokens that fit beside the prompt: `max_new_tokens`, or fewer when the context is short
+        (said once per engine in the log); a prompt that leaves no room is refused."""
+        room = self.max_context - prompt_tokens
+        if room < 1:
+            raise WenzhenError(
+                f"the message is too long for the context window: {prompt_tokens} prompt tokens of "
+                f"{self.max_context}; shorten it"
+            )
+        if room < max_new_tokens and not self._shrink_said:
+            self._shrink_said = True
+            log.warning(
+                "the answer budget shrinks to what fits the %d-token context window (here %d tokens instead of "
+                "max_new_tokens=%d); said once",
+                self.max_context,
+                room,
+                max_new_tokens,
+            )
+        return min(room, max_new_tokens)
 
     def _finish(
         self, raw: str, prompt_tokens: int, ids: list[int], max_new: int, cancelled: bool, tools: Any
@@ -357,10 +602,45 @@ class ChatEngine:
         settings = settings or GenerationSettings()
         messages = self.trim_history(messages, settings.max_new_tokens, tools)
         prompt = self.encode(messages, tools)
+        budget = self.answer_budget(len(prompt), settings.max_new_tokens)
+        settings = settings.model_copy(update={"max_new_tokens": budget})
         stop_event = stop_event or threading.Event()
         chat_stream = ChatStream(iter(()))
         chat_stream.deltas = self._stream_deltas(chat_stream, prompt, settings, tools, stop_event)
         return chat_stream
+
+    def _start(
+        self, prompts: list[list[int]], settings: GenerationSettings, stop_event: threading.Event
+    ) -> list["queue.Queue[Any]"]:
+        """Start generating each prompt; one queue per prompt receives lists of new ids, an exception if generation
+        failed, and None at the end."""
+        if self.static_cache:
+            if self.batcher is None:
+                length = self.max_context
+                self.batcher = ContinuousBatcher(
+                    self.model, self.max_batch, length, self.device.type == "cuda"
+                )
+            stop_ids = frozenset(self.stop_ids)
+            requests = [_Request(prompt, settings, stop_ids, stop_event) for prompt in prompts]
+            self.batcher.submit(requests)
+            return [request.out for request in requests]
+        streamer = _IdQueue() if len(prompts) == 1 else None
+        done: queue.Queue[Any] = streamer.queue if streamer is not None else queue.Queue()
+
+        def run() -> None:
+            try:
+                rows = self._generate_with_transformers(prompts, settings, stop_event, streamer)
+                if streamer is None:
+                    done.put(rows)
+            except Exception as exc:  # re-raised in the consuming thread
+                done.put(exc)
+            if streamer is not None:
+                streamer.end()
+
+        self._worker.submit(run)
+        if streamer is not None:
+            return [done]
+        return _split_rows(done, len(prompts))
 
     def _stream_deltas(
         self,
@@ -370,22 +650,14 @@ class ChatEngine:
         tools: Any,
         stop_event: threading.Event,
     ) -> Iterator[str]:
-        streamer = _IdQueue()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                self._generate_token_ids([prompt], settings, stop_event, streamer)
-            except BaseException as exc:  # re-raised in the consuming thread below
-                errors.append(exc)
-                streamer.end()
-
-        worker = self._worker.submit(run)
+        (chunks,) = self._start([prompt], settings, stop_event)
         ids: list[int] = []
         emitted = ""
         drained = False
         try:
-            while (chunk := streamer.queue.get()) is not None:
+            while (chunk := chunks.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise chunk
                 ids.extend(chunk)
                 text = self._decode(ids).lstrip()
                 if text.endswith(REPLACEMENT_CHAR):
@@ -395,12 +667,9 @@ class ChatEngine:
                     emitted = text
             drained = True
         finally:
-            # The consumer stopped iterating before the end (client gone): tell generate to stop too.
+            # The consumer stopped iterating before the end (client gone): stop the generation, free its slot.
             if not drained:
                 stop_event.set()
-            worker.result()
-        if errors:
-            raise errors[0]
         raw = self._decode(ids)
         cancelled = (
             stop_event.is_set()
@@ -429,9 +698,11 @@ class ChatEngine:
     def generate_batch(
         self, conversations: list[list[Message]], settings: GenerationSettings | None = None
     ) -> list[ChatResult]:
-        """Answer several conversations in one left-padded batch."""
+        """Answer several conversations at once (they join the running batch together)."""
         settings = settings or GenerationSettings()
         prompts = [self.encode(self.trim_history(c, settings.max_new_tokens)) for c in conversations]
+        budget = min(self.answer_budget(len(p), settings.max_new_tokens) for p in prompts)
+        settings = settings.model_copy(update={"max_new_tokens": budget})
         outputs = self.generate_token_ids(prompts, settings)
         results = []
         for prompt, row in zip(prompts, outputs, strict=True):
@@ -452,20 +723,50 @@ class ChatEngine:
         prompts: list[list[int]],
         settings: GenerationSettings,
         stop_event: threading.Event | None = None,
-        streamer: BaseStreamer | None = None,
     ) -> list[list[int]]:
-        """Left-pad prompt ids, generate on the engine's worker thread, and return each row's new ids (the lowest
-        level; batched generation and the benchmarks use it)."""
-        return self._worker.submit(self._generate_token_ids, prompts, settings, stop_event, streamer).result()
+        """Each prompt's new ids, up to and including a stop token (the lowest level; batched generation and the
+        benchmarks use it)."""
+        outputs = []
+        for chunks in self._start(prompts, settings, stop_event or threading.Event()):
+            ids: list[int] = []
+            while (chunk := chunks.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                ids.extend(chunk)
+            outputs.append(ids)
+        return outputs
+
+    def warm_up(self, max_batch: int | None = None, progress: Callable[[str], None] | None = None) -> float:
+        """Compile and capture the decode step for every batch-size bucket up to `max_batch` (default: all) by
+        decoding a few tokens at each size, so that the first real request is as fast as the hundredth; seconds
+        taken."""
+        started = time.perf_counter()
+        if not self.static_cache:
+            return 0.0
+        prompt = self.encode([{"role": "user", "content": "你好"}])
+        sizes = batch_buckets(min(max_batch or self.max_batch, self.max_batch))
+        if self.device.type != "cuda":
+            sizes = [1]  # nothing is compiled on CPU: one request initialises the kernels and the cache
+        settings = GenerationSettings(max_new_tokens=4, temperature=0)
+        for size in sizes:
+            if progress is not None:
+                progress(f"warming up: batch {size} of {sizes[-1]} ({time.perf_counter() - started:.0f} s)")
+            saved, self.stop_ids = self.stop_ids, []  # decode the same number of tokens at every size
+            try:
+                self.generate_token_ids([prompt] * size, settings)
+            finally:
+                self.stop_ids = saved
+        return time.perf_counter() - started
 
     @torch.inference_mode()
-    def _generate_token_ids(
+    def _generate_with_transformers(
         self,
         prompts: list[list[int]],
         settings: GenerationSettings,
-        stop_event: threading.Event | None = None,
-        streamer: BaseStreamer | None = None,
+        stop_event: threading.Event,
+        streamer: BaseStreamer | None,
     ) -> list[list[int]]:
+        """Left-padded batch through transformers' `generate` (dynamic KV cache), one batch at a time."""
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -474,27 +775,42 @@ class ChatEngine:
             attention[row, width - len(prompt) :] = 1
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        if self.static_cache:
-            if self.decoder is None:
-                self.decoder = StaticCacheDecoder(self.model, compile_step=self.device.type == "cuda")
-            new = self.decoder.generate(
-                input_ids,
-                attention,
-                settings,
-                self.stop_ids,
-                self.pad_id,
-                stop_event or threading.Event(),
-                streamer,
-            )
-            return new.cpu().tolist()
         output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
             eos_token_id=self.stop_ids or None,
             pad_token_id=self.pad_id,
-            stopping_criteria=StoppingCriteriaList([_Cancelled(stop_event or threading.Event())]),
+            stopping_criteria=StoppingCriteriaList([_Cancelled(stop_event)]),
             streamer=streamer,
             **settings.generate_kwargs(),
         )
-        return [row[width:].tolist() for row in output.cpu()]
+        return [self._strip_after_stop(row[width:].tolist()) for row in output.cpu()]
+
+
+def _split_rows(done: "queue.Queue[Any]", count: int) -> list["queue.Queue[Any]"]:
+    """Per-row queues for a batch generated in one piece: each gets its row (or the error) then None."""
+    outcome = done.get()
+    queues: list[queue.Queue[Any]] = []
+    for index in range(count):
+        row: queue.Queue[Any] = queue.Queue()
+        row.put(outcome if isinstance(outcome, BaseException) else outcome[index])
+        row.put(None)
+        queues.append(row)
+    return queues
+
+
+def default_max_batch(model: Any, length: int) -> int:
+    """How many sequences of `length` tokens fit in the KV budget: a share of the free GPU memory (or of the
+    available host memory on CPU), capped at `MAX_BATCH`."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "num_hidden_layers"):
+        return 1
+    layers, kv_heads, head_dim = kv_cache_shape(config)
+    parameter = next(model.parameters())
+    per_slot = 2 * layers * kv_heads * head_dim * length * parameter.element_size()
+    if parameter.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(parameter.device)
+        budget = free * KV_SHARE_OF_FREE_GPU
+    else:
+        budget = psutil.virtual_memory().available * KV_SHARE_OF_FREE_HOST
+    return max(1, min(MAX_BATCH, int(budget // per_slot)))
