@@ -5,11 +5,12 @@ Variants, all greedy, same prompts, run in one process:
 - `eager`: the same with eager attention;
 - `sdpa-no-cudnn`: SDPA with the cuDNN backend disabled (it re-plans at every new sequence length);
 - `hf-static`: `model.generate(cache_implementation="static")`, transformers' own compiled static-cache decode;
-- `wenzhen`: `ChatEngine.generate_token_ids`, the path chat/web/API use (`StaticCacheDecoder`: static KV cache,
-  the step compiled into a CUDA graph, our loop).
-For `wenzhen` also the step alone (graph replays back to back, no sampling or host sync: the GPU-bound rate) and,
-with `--profile`, a kernel profile of 32 batch-1 steps. Also the HBM roofline for batch-1 decode: bytes of weights
-per token / measured device copy bandwidth. Writes `benchmarks/results/generate_speed.{json,md}` with the card.
+- `wenzhen`: `ChatEngine.generate_token_ids`, the path chat/web/API use (`ContinuousBatcher`: slot KV cache,
+  the step compiled into CUDA graphs per batch-size bucket, q/k/v fused into one projection);
+- `wenzhen-unfused`: the same with the three projections left apart.
+With `--profile`, a kernel profile of one batch-1 request of 32 new tokens on `wenzhen`. Also the HBM roofline for
+batch-1 decode: bytes of weights per token / measured device copy bandwidth. Writes
+`benchmarks/results/generate_speed.{json,md}` with the card.
 """
 
 import argparse
@@ -32,19 +33,27 @@ from profiling import format_profile, profile_steps  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT.parent / "shared" / "chatglm3" / "chatglm3-6b-config.json"
+# The figures are for a GPU; on CPU the script runs end to end at tiny size (`--config` of the tiny model) as a check.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work (nothing to wait for on CPU)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def copy_bandwidth() -> float:
     """Device-to-device copy rate in bytes/s, counting bytes read plus written."""
-    src = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)
+    src = torch.randn(1 << (30 if DEVICE == "cuda" else 24), device=DEVICE, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     for _ in range(10):
         dst.copy_(src)
-    torch.cuda.synchronize()
+    synchronize()
     return 2 * src.numel() * 2 * 10 / (time.perf_counter() - start)
 
 
@@ -52,7 +61,7 @@ def build_model(attn: str, config_path: Path) -> GlmForCausalLM:
     config = glm_config_from_official(json.loads(config_path.read_text()))
     config._attn_implementation = attn
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         model = GlmForCausalLM(config).to(torch.bfloat16)
     return model.eval()
 
@@ -61,11 +70,11 @@ def prefill_ms(model: GlmForCausalLM, prompt: torch.Tensor) -> float:
     with torch.inference_mode():
         for _ in range(3):
             model(prompt)
-        torch.cuda.synchronize()
+        synchronize()
         start = time.perf_counter()
         for _ in range(10):
             model(prompt)
-        torch.cuda.synchronize()
+        synchronize()
     return (time.perf_counter() - start) / 10 * 1000
 
 
@@ -73,55 +82,25 @@ def decode_rate(generate, batch: int, new_tokens: int) -> float:
     """Aggregate decode tokens/s: (time(prompt + N tokens) - time(prompt + 1 token)) over N-1 steps x batch."""
     generate(batch, 8)  # warm-up (and compilation for the static cache path)
     generate(batch, new_tokens)
-    torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     generate(batch, 1)
-    torch.cuda.synchronize()
+    synchronize()
     one = time.perf_counter() - start
     start = time.perf_counter()
     generate(batch, new_tokens)
-    torch.cuda.synchronize()
+    synchronize()
     full = time.perf_counter() - start
     return batch * (new_tokens - 1) / (full - one)
 
 
-def step_only(engine: ChatEngine, prompt: torch.Tensor, new_tokens: int, profile: bool) -> dict:
-    """The compiled step alone at batch 1, replayed back to back after a real request filled the cache."""
-    settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0)
-    engine.generate_token_ids(prompt.tolist(), settings)
-    decoder = engine.decoder
-    assert decoder is not None and decoder.cache is not None
-    width = prompt.shape[1]
-    tokens = prompt[:, -1:]
-    mask = torch.ones((1, decoder.cache_shape[1]), dtype=torch.long, device="cuda")
-    positions = torch.tensor([[width]], device="cuda")
-    cache_position = torch.tensor([width], device="cuda")
+def profile_request(engine: ChatEngine, prompt: torch.Tensor) -> dict:
+    """Kernel profile of one batch-1 request of 32 new tokens (after warm-up)."""
 
-    def one_step() -> None:
-        torch.compiler.cudagraph_mark_step_begin()
-        decoder.step(tokens, positions, cache_position, mask, decoder.cache)
+    def full_request() -> None:
+        engine.generate_token_ids(prompt.tolist(), GenerationSettings(max_new_tokens=32, temperature=0))
 
-    def timed_replays() -> float:
-        with torch.inference_mode():
-            for _ in range(5):
-                one_step()
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(100):
-                one_step()
-            torch.cuda.synchronize()
-        return 100 / (time.perf_counter() - start)
-
-    # CUDA graphs belong to the thread that recorded them: replay on the engine's generation thread.
-    rate = engine._worker.submit(timed_replays).result()
-    result: dict = {"step_only_b1_tok_s": rate}
-    if profile:
-
-        def full_request() -> None:
-            engine.generate_token_ids(prompt.tolist(), GenerationSettings(max_new_tokens=32, temperature=0))
-
-        result["profile"] = profile_steps(full_request, 1)
-    return result
+    return {"profile": profile_steps(full_request, 1)}
 
 
 def main() -> None:
@@ -129,23 +108,27 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--config", type=Path, default=CONFIG, help="official config.json giving the shapes")
-    parser.add_argument("--variants", nargs="+", default=["baseline", "hf-static", "wenzhen"])
-    parser.add_argument("--profile", action="store_true", help="profile 32 batch-1 decode steps of wenzhen")
+    parser.add_argument(
+        "--variants", nargs="+", default=["baseline", "hf-static", "wenzhen", "wenzhen-unfused"]
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the results files")
+    parser.add_argument("--profile", action="store_true", help="profile one batch-1 request of wenzhen")
     parser.add_argument(
         "--tokenizer", type=Path, default=None, help="tokenizer.model (default: beside --config)"
     )
     args = parser.parse_args()
     torch.manual_seed(0)
-    prompts = torch.randint(100, 60000, (8, args.prompt_tokens), device="cuda")
+    prompts = torch.randint(100, 60000, (32, args.prompt_tokens), device=DEVICE)
     bandwidth = copy_bandwidth()
     rows = []
     for variant in args.variants:
         torch.backends.cuda.enable_cudnn_sdp(variant != "sdpa-no-cudnn")
         model = build_model("eager" if variant == "eager" else "sdpa", args.config)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        if variant == "wenzhen":
+        if variant.startswith("wenzhen"):
             tokenizer = build_chatglm3_tokenizer(args.tokenizer or args.config.parent / "tokenizer.model")
-            engine = ChatEngine(LoadedModel(model, tokenizer, ChatGLM3Family(), ROOT), static_cache=True)
+            loaded = LoadedModel(model, tokenizer, ChatGLM3Family(), ROOT)
+            engine = ChatEngine(loaded, static_cache=True, fuse_qkv=variant == "wenzhen")
             engine.stop_ids = []  # random weights: decode a fixed number of tokens
 
             def generate(batch: int, n: int, engine: ChatEngine = engine) -> None:
@@ -170,20 +153,21 @@ def main() -> None:
 
         started = time.perf_counter()
         row = {"variant": variant, "prefill_512_ms": prefill_ms(model, prompts[:1])}
-        for batch in (1, 8):
+        for batch in (1, 8, 32) if variant.startswith("wenzhen") else (1, 8):
             row[f"decode_b{batch}_tok_s"] = decode_rate(generate, batch, args.new_tokens)
             print(f"{variant} batch {batch} done at {time.perf_counter() - started:.0f} s", flush=True)
-        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        if variant == "wenzhen":
-            row |= step_only(engine, prompts[:1], args.new_tokens, args.profile)
+        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
+        if variant == "wenzhen" and args.profile:
+            row |= profile_request(engine, prompts[:1])
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
         del model
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
     roofline = bandwidth / weight_bytes
     report = {
-        "card": torch.cuda.get_device_name(0),
+        "card": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "CPU",
         "torch": torch.__version__,
         "copy_bandwidth_tb_s": bandwidth / 1e12,
         "weight_bytes": weight_bytes,
@@ -192,37 +176,34 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "generate_speed.json").write_text(json.dumps(report, indent=2))
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "generate_speed.json").write_text(json.dumps(report, indent=2))
     lines = [
         f"# Generation speed, ChatGLM3-6B shapes, random bf16 weights — {report['card']}, torch {torch.__version__}",
         "",
         f"Copy bandwidth {bandwidth / 1e12:.2f} TB/s; weights {weight_bytes / 1e9:.2f} GB; batch-1 decode roofline "
         f"{roofline:.0f} tokens/s. Prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy.",
         "",
-        "| variant | prefill 512 ms | decode b1 tok/s | % roofline | decode b8 tok/s (aggregate) | b8 / b1 | peak GiB |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | prefill 512 ms | decode b1 tok/s | % roofline | decode b8 tok/s (aggregate) | b8 / b1 "
+        "| decode b32 tok/s | b32 / b1 | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        b32 = r.get("decode_b32_tok_s")
         lines.append(
             f"| {r['variant']} | {r['prefill_512_ms']:.1f} | {r['decode_b1_tok_s']:.1f} | "
             f"{100 * r['decode_b1_tok_s'] / roofline:.0f}% | {r['decode_b8_tok_s']:.1f} | "
-            f"{r['decode_b8_tok_s'] / r['decode_b1_tok_s']:.1f} | {r['peak_gpu_gib']:.1f} |"
+            f"{r['decode_b8_tok_s'] / r['decode_b1_tok_s']:.1f} | "
+            + (f"{b32:.1f} | {b32 / r['decode_b1_tok_s']:.1f} | " if b32 else "- | - | ")
+            + f"{r['peak_gpu_gib']:.1f} |"
         )
     for r in rows:
-        if "step_only_b1_tok_s" in r:
-            lines += [
-                "",
-                f"{r['variant']}: the compiled step alone, replayed back to back at batch 1, "
-                f"{r['step_only_b1_tok_s']:.1f} tokens/s ({100 * r['step_only_b1_tok_s'] / roofline:.0f}% of "
-                "the roofline): the GPU-bound rate without sampling or host syncs.",
-            ]
         if "profile" in r:
             lines += [
                 "",
                 format_profile(f"{r['variant']}, one batch-1 request of 32 new tokens", r["profile"]),
             ]
-    (RESULTS / "generate_speed.md").write_text("\n".join(lines) + "\n")
+    (args.results / "generate_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from wenzhen.errors import WenzhenError
-from wenzhen.generation import ChatEngine, GenerationSettings
+from wenzhen.generation import ChatEngine, GenerationSettings, batch_buckets
 from wenzhen.models import load_model
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
@@ -21,26 +21,89 @@ def engine(tiny, request):
     return ChatEngine(tiny, static_cache=request.param)
 
 
+PROMPTS = [[64790, 64792, 64795, 30910, 13, 42, 17, 99], [64790, 64792, 64795, 30910, 13, 7]]
+
+
 @pytest.mark.parametrize(
     "settings",
-    [
-        GREEDY,
-        GenerationSettings(max_new_tokens=20, temperature=0, repetition_penalty=1.3),
-        GenerationSettings(max_new_tokens=20, temperature=0.9, top_p=0.7, seed=3),
-    ],
-    ids=["greedy", "repetition-penalty", "seeded-sampling"],
+    [GREEDY, GenerationSettings(max_new_tokens=20, temperature=0, repetition_penalty=1.3)],
+    ids=["greedy", "repetition-penalty"],
 )
-def test_static_cache_decoder_gives_generates_tokens(tiny, settings):
-    prompts = [[64790, 64792, 64795, 30910, 13, 42, 17, 99], [64790, 64792, 64795, 30910, 13, 7]]
+def test_continuous_batching_gives_generates_tokens(tiny, settings):
     dynamic = ChatEngine(tiny, static_cache=False)
-    static = ChatEngine(tiny, static_cache=True)
-    assert static.generate_token_ids(prompts, settings) == dynamic.generate_token_ids(prompts, settings)
-    assert static.decoder is not None and static.decoder.cache_shape == (2, 256)
-    # A new batch size gets a new cache; a repeated request reuses it from a clean state.
-    for _ in range(2):
-        single = static.generate_token_ids(prompts[1:], settings)
-        assert single == dynamic.generate_token_ids(prompts[1:], settings)
-    assert static.decoder.cache_shape == (1, 256)
+    batched = ChatEngine(tiny, static_cache=True, max_batch=4)
+    assert batched.generate_token_ids(PROMPTS, settings) == dynamic.generate_token_ids(PROMPTS, settings)
+    for _ in range(2):  # a slot reused by the next request starts clean
+        assert batched.generate_token_ids(PROMPTS[1:], settings) == dynamic.generate_token_ids(
+            PROMPTS[1:], settings
+        )
+
+
+def test_a_request_joining_mid_decode_gets_its_own_answer(tiny):
+    reference = ChatEngine(tiny, static_cache=False)
+    settings = GenerationSettings(max_new_tokens=40, temperature=0)
+    alone = [reference.generate_token_ids([p], settings)[0] for p in PROMPTS]
+    engine = ChatEngine(tiny, static_cache=True, max_batch=4)
+    engine.stop_ids = []  # decode all 40 tokens, so the first request is still running when the second joins
+    (first,) = engine._start([PROMPTS[0]], settings, threading.Event())
+    seen = [first.get() for _ in range(5)]
+    assert engine.batcher is not None and engine.batcher.active == 1
+    second = engine.generate_token_ids([PROMPTS[1]], GenerationSettings(max_new_tokens=12, temperature=0))
+    rest = []
+    while (chunk := first.get()) is not None:
+        rest.append(chunk)
+    assert [token for chunk in seen + rest for token in chunk] == alone[0]
+    assert second[0] == alone[1][:12]
+    assert engine.batcher.active == 0
+
+
+def test_each_request_keeps_its_own_settings_and_seed(tiny):
+    engine = ChatEngine(tiny, static_cache=True, max_batch=4)
+    seeded = GenerationSettings(max_new_tokens=16, temperature=0.9, top_p=0.7, seed=3)
+    alone = engine.generate_token_ids(PROMPTS[:1], seeded)
+    # Beside a greedy row and an unseeded sampled row, the seeded row draws the same tokens as alone.
+    unseeded = seeded.model_copy(update={"seed": None})
+    rows = [PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+    queues = [
+        engine._start([rows[0]], seeded, threading.Event())[0],
+        engine._start([rows[1]], GREEDY, threading.Event())[0],
+        engine._start([rows[2]], unseeded, threading.Event())[0],
+    ]
+    answers = []
+    for chunks in queues:
+        ids = []
+        while (chunk := chunks.get()) is not None:
+            ids.extend(chunk)
+        answers.append(ids)
+    assert answers[0] == alone[0]
+    assert answers[1] == ChatEngine(tiny, static_cache=False).generate_token_ids(PROMPTS[1:], GREEDY)[0]
+
+
+def test_more_requests_than_slots_wait_and_all_finish(tiny):
+    engine = ChatEngine(tiny, static_cache=True, max_batch=2)
+    outputs = engine.generate_token_ids(PROMPTS * 3, GREEDY)
+    reference = ChatEngine(tiny, static_cache=False)
+    assert outputs == [reference.generate_token_ids([p], GREEDY)[0] for p in PROMPTS * 3]
+
+
+def test_a_cancelled_request_frees_its_slot(tiny):
+    engine = ChatEngine(tiny, static_cache=True, max_batch=2)
+    engine.stop_ids = []
+    event = threading.Event()
+    stream = engine.stream(
+        [{"role": "user", "content": "你好"}], GenerationSettings(max_new_tokens=300), stop_event=event
+    )
+    for _ in stream:
+        event.set()
+    assert stream.result is not None and stream.result.finish_reason == "cancelled"
+    assert engine.batcher is not None and engine.batcher.active == 0
+
+
+def test_max_batch_defaults_from_the_memory_budget(tiny):
+    engine = ChatEngine(tiny)
+    assert 1 < engine.max_batch <= 64
+    assert batch_buckets(engine.max_batch)[-1] == engine.max_batch
+    assert batch_buckets(24) == [1, 2, 4, 8, 16, 24]
 
 
 def test_stop_ids_are_the_official_three(engine):
@@ -92,3 +155,14 @@ def test_trim_history_drops_oldest_turns_but_keeps_system(engine):
 def test_a_single_message_too_long_is_a_clear_error(engine):
     with pytest.raises(WenzhenError, match="too long"):
         engine.trim_history([{"role": "user", "content": "痛" * 2000}], max_new_tokens=64)
+
+
+def test_the_answer_budget_shrinks_to_what_fits(engine):
+    messages = [{"role": "user", "content": "头痛"}]
+    prompt = engine.count_prompt_tokens(messages)
+    assert engine.trim_history(messages, max_new_tokens=engine.max_context) == messages
+    result = engine.generate(messages, GenerationSettings(max_new_tokens=engine.max_context, temperature=0))
+    assert result.prompt_tokens + result.completion_tokens <= engine.max_context
+    assert engine.answer_budget(prompt, engine.max_context) == engine.max_context - prompt
+    with pytest.raises(WenzhenError, match="too long"):
+        engine.answer_budget(engine.max_context, 1)

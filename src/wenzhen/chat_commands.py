@@ -8,7 +8,7 @@ from typing import Any
 from wenzhen import safety
 from wenzhen.chat import one_shot, run_repl
 from wenzhen.config import validate_config
-from wenzhen.generation import ChatEngine, GenerationSettings
+from wenzhen.generation import ChatEngine, GenerationSettings, warm_up
 from wenzhen.models import load_model
 
 
@@ -82,4 +82,5 @@ def _chat(args: argparse.Namespace) -> int:
         return 0 if result is not None else 130
     with contextlib.suppress(ImportError):  # not on Windows
         import readline  # noqa: F401 - importing it gives input() line editing, CJK-aware erase and recall
+    warm_up(engine, 1, sys.stderr)  # one person types: the batch-1 step, compiled before the first question
     return run_repl(engine, settings, system_prompt, show_stats=not args.no_stats)

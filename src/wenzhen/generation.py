@@ -9,14 +9,16 @@ character split across byte-fallback tokens is never emitted half-way.
 """
 
 import collections
+import inspect
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import psutil
 import torch
@@ -35,7 +37,7 @@ from transformers.generation.streamers import BaseStreamer
 from wenzhen.config import StrictModel
 from wenzhen.errors import WenzhenError
 from wenzhen.models import LoadedModel, Message
-from wenzhen.models.attention import use_grouped_sdpa
+from wenzhen.models.attention import fuse_qkv_projections, use_grouped_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +246,17 @@ class ContinuousBatcher:
     lifetime; a step runs over slots `0..bucket-1`, and free slots inside the bucket compute a discarded row.
     """
 
-    def __init__(self, model: Any, slots: int, length: int, compile_step: bool) -> None:
+    def __init__(
+        self, model: Any, slots: int, length: int, compile_step: bool, fuse_qkv: bool = True
+    ) -> None:
         self.model = model
         use_grouped_sdpa(model)
+        if fuse_qkv:
+            fuse_qkv_projections(model)
+        # transformers 5.24 renamed the model's `past_key_values` argument to `cache` (the old name warns).
+        self.cache_argument = (
+            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        )
         self.device = next(model.parameters()).device
         self.slots, self.length = slots, length
         self.buckets = batch_buckets(slots)
@@ -376,7 +386,7 @@ class ContinuousBatcher:
                     input_ids=ids,
                     position_ids=positions[None],
                     attention_mask=causal[None, None],
-                    past_key_values=self.cache,
+                    **{self.cache_argument: self.cache},
                     use_cache=True,
                     logits_to_keep=1,
                 )
@@ -402,7 +412,7 @@ class ContinuousBatcher:
             input_ids=tokens[:, None],
             position_ids=positions[:, None],
             attention_mask=mask[:, None, None, :],
-            past_key_values=self.cache,
+            **{self.cache_argument: self.cache},
             use_cache=True,
             logits_to_keep=1,
         ).logits
@@ -415,8 +425,8 @@ class ContinuousBatcher:
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
             if bucket > 1:  # one compilation serves every batch size above 1 (size 1 is specialised)
-                torch._dynamo.mark_dynamic(tokens, 0)
-                torch._dynamo.mark_dynamic(positions, 0)
+                torch._dynamo.maybe_mark_dynamic(tokens, 0)
+                torch._dynamo.maybe_mark_dynamic(positions, 0)
         return self.step(tokens, positions), rows
 
     def _choose(
@@ -501,8 +511,10 @@ class ChatEngine:
         max_context: int | None = None,
         static_cache: bool | None = None,
         max_batch: int | None = None,
+        fuse_qkv: bool = True,
     ) -> None:
         self.loaded = loaded
+        self.fuse_qkv = fuse_qkv
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.family = loaded.family
@@ -520,7 +532,7 @@ class ChatEngine:
         # long-lived worker thread.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wenzhen-generate")
         # The default: continuous batching over a slot KV cache, its step compiled into CUDA graphs on GPU.
-        self.static_cache = True if static_cache is None else static_cache
+        self.static_cache = _takes_slot_cache(self.model) if static_cache is None else static_cache
         self.max_batch = max_batch or default_max_batch(self.model, self.max_context)
         self.batcher: ContinuousBatcher | None = None
         self._shrink_said = False
@@ -618,7 +630,7 @@ class ChatEngine:
             if self.batcher is None:
                 length = self.max_context
                 self.batcher = ContinuousBatcher(
-                    self.model, self.max_batch, length, self.device.type == "cuda"
+                    self.model, self.max_batch, length, self.device.type == "cuda", self.fuse_qkv
                 )
             stop_ids = frozenset(self.stop_ids)
             requests = [_Request(prompt, settings, stop_ids, stop_event) for prompt in prompts]
@@ -655,9 +667,7 @@ class ChatEngine:
         emitted = ""
         drained = False
         try:
-            while (chunk := chunks.get()) is not None:
-                if isinstance(chunk, BaseException):
-                    raise chunk
+            for chunk in _id_chunks(chunks):
                 ids.extend(chunk)
                 text = self._decode(ids).lstrip()
                 if text.endswith(REPLACEMENT_CHAR):
@@ -728,12 +738,7 @@ class ChatEngine:
         benchmarks use it)."""
         outputs = []
         for chunks in self._start(prompts, settings, stop_event or threading.Event()):
-            ids: list[int] = []
-            while (chunk := chunks.get()) is not None:
-                if isinstance(chunk, BaseException):
-                    raise chunk
-                ids.extend(chunk)
-            outputs.append(ids)
+            outputs.append([token for chunk in _id_chunks(chunks) for token in chunk])
         return outputs
 
     def warm_up(self, max_batch: int | None = None, progress: Callable[[str], None] | None = None) -> float:
@@ -787,6 +792,36 @@ class ChatEngine:
         return [self._strip_after_stop(row[width:].tolist()) for row in output.cpu()]
 
 
+def _id_chunks(chunks: "queue.Queue[Any]") -> Iterator[list[int]]:
+    """New ids from a generation's queue until its end, raising its error; lists already waiting are joined, so
+    a reader that fell behind (a busy server streaming to many clients) decodes and sends once for several tokens
+    instead of once per token."""
+    pending: list[int] = []
+    while True:
+        item = chunks.get() if not pending else _next_waiting(chunks)
+        if isinstance(item, list):
+            pending += item
+            continue
+        if pending:
+            yield pending
+            pending = []
+        if item is _NOTHING_WAITING:
+            continue
+        if isinstance(item, BaseException):
+            raise item
+        return
+
+
+_NOTHING_WAITING = object()
+
+
+def _next_waiting(chunks: "queue.Queue[Any]") -> Any:
+    try:
+        return chunks.get_nowait()
+    except queue.Empty:
+        return _NOTHING_WAITING
+
+
 def _split_rows(done: "queue.Queue[Any]", count: int) -> list["queue.Queue[Any]"]:
     """Per-row queues for a batch generated in one piece: each gets its row (or the error) then None."""
     outcome = done.get()
@@ -814,3 +849,24 @@ def default_max_batch(model: Any, length: int) -> int:
     else:
         budget = psutil.virtual_memory().available * KV_SHARE_OF_FREE_HOST
     return max(1, min(MAX_BATCH, int(budget // per_slot)))
+
+
+def warm_up(engine: ChatEngine, max_batch: int, out: TextIO = sys.stdout) -> float:
+    """`engine.warm_up` with progress lines on `out` and the time it took (what the servers and the chat print
+    before they report ready); seconds."""
+
+    def progress(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    seconds = engine.warm_up(max_batch, progress)
+    out.write(f"warmed up in {seconds:.1f} s: decode ready for up to {max_batch} concurrent answers\n")
+    out.flush()
+    return seconds
+
+
+def _takes_slot_cache(model: Any) -> bool:
+    """Whether the model attends over a cache the batcher passes in: not when a prompt-learning adapter (prefix
+    tuning) supplies its own past keys and values; those decode through transformers' generate."""
+    config = getattr(model, "active_peft_config", None)
+    return not bool(getattr(config, "is_prompt_learning", False))

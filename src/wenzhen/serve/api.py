@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wenzhen import safety
-from wenzhen.generation import ChatEngine, ChatResult, GenerationSettings
+from wenzhen.generation import ChatEngine, ChatResult, GenerationSettings, warm_up
 from wenzhen.serve.access import AccessGuard, accepted_hosts
 from wenzhen.serve.config import ApiConfig, ApiLimits
 
@@ -318,7 +318,8 @@ class ChatService:
 
     def __init__(self, engine: ChatEngine, config: ApiConfig, model_id: str) -> None:
         self.engine, self.config, self.model_id = engine, config, model_id
-        self.slots = GenerationSlots(config.limits.max_concurrent, config.limits.max_queue)
+        capacity = min(config.limits.max_concurrent or engine.max_batch, engine.max_batch)
+        self.slots = GenerationSlots(capacity, config.limits.max_queue)
         self.guard = safety.get_guard(config.safety)
 
     def settings_for(self, request: ChatCompletionRequest) -> GenerationSettings:
@@ -353,8 +354,9 @@ class ChatService:
         return [tool.function.model_dump() for tool in request.tools]
 
     def prompt_budget(self, settings: GenerationSettings) -> int:
-        """Prompt tokens that fit beside `max_new_tokens` in the context (and under `max_prompt_tokens`)."""
-        budget = self.engine.max_context - settings.max_new_tokens
+        """Prompt tokens allowed: what leaves room for one answer token in the context (and is under
+        `max_prompt_tokens`); a longer `max_tokens` shrinks to fit instead (`check_prompt`)."""
+        budget = self.engine.max_context - 1
         return min(self.config.limits.max_prompt_tokens or budget, budget)
 
     def check_prompt_size(
@@ -371,18 +373,23 @@ class ChatService:
         if characters > 2 * budget * self.longest_token:
             raise self._too_long(f"at least {characters // self.longest_token}", budget, settings)
 
-    def check_prompt(self, messages: list[dict[str, Any]], tools: Any, settings: GenerationSettings) -> None:
-        """Refuse prompts over the token limit (never silently truncate a client's request); runs in the slot."""
+    def check_prompt(
+        self, messages: list[dict[str, Any]], tools: Any, settings: GenerationSettings
+    ) -> GenerationSettings:
+        """Refuse prompts over the token limit (never silently truncate a client's request); runs in the slot.
+        The settings returned have the answer budget shrunk to what fits beside the prompt in the context."""
         budget = self.prompt_budget(settings)
         tokens = self.engine.count_prompt_tokens(messages, tools)
         if tokens > budget:
             raise self._too_long(str(tokens), budget, settings)
+        answer = self.engine.answer_budget(tokens, settings.max_new_tokens)
+        return settings.model_copy(update={"max_new_tokens": answer})
 
     def _too_long(self, tokens: str, budget: int, settings: GenerationSettings) -> ApiError:
         return ApiError(
             400,
-            f"the prompt is {tokens} tokens; with max_tokens={settings.max_new_tokens} at most {budget} fit "
-            f"(context {self.engine.max_context}); shorten the messages or lower max_tokens",
+            f"the prompt is {tokens} tokens; at most {budget} fit (context {self.engine.max_context}, "
+            "max_tokens shrinks to what is left); shorten the messages",
             param="messages",
             code="context_length_exceeded",
         )
@@ -410,8 +417,8 @@ class ChatService:
 
         def work() -> None:
             try:
-                self.check_prompt(messages, settings=settings, tools=tools)
-                stream = self.engine.stream(messages, settings, tools=tools, stop_event=stop)
+                fitted = self.check_prompt(messages, settings=settings, tools=tools)
+                stream = self.engine.stream(messages, fitted, tools=tools, stop_event=stop)
                 for delta in stream:
                     put(("delta", delta))
                 put(("result", stream.result))
@@ -664,5 +671,9 @@ def run_api(
     api_key = os.environ.get(config.api_key_env) or None
     auth = "bearer key required" if api_key else f"no auth (set ${config.api_key_env} to require a key)"
     announce = f"wenzhen api: serving {model_id!r} on http://{host}:{port}/v1 ({auth})"
-    app = create_app(ChatEngine(loaded), config, model_id, api_key, announce, host)
+    engine = ChatEngine(loaded)
+    app = create_app(engine, config, model_id, api_key, announce, host)
+    # Ready means ready: compile and capture the decode step for every batch size the server will run before
+    # /health answers, so the first request is as fast as the hundredth.
+    warm_up(engine, app.state.service.slots.capacity)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -13,11 +13,15 @@ class ApiLimits(StrictModel):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     max_messages: int = Field(100, ge=1, description="more messages in one request get 400")
     max_prompt_tokens: int | None = Field(
-        None, ge=1, description="longer prompts get 400; null = the model's context minus max_tokens"
+        None,
+        ge=1,
+        description="longer prompts get 400; null = the model's context (max_tokens then shrinks to what fits)",
     )
     max_tokens: int = Field(2048, ge=1, description="a larger max_tokens gets 400")
     default_max_tokens: int = Field(512, ge=1, description="used when the request gives no max_tokens")
-    max_concurrent: int = Field(1, ge=1, description="generations running at once")
+    max_concurrent: int | None = Field(
+        None, ge=1, description="generations decoding at once; null = as many as the KV-cache budget holds"
+    )
     max_queue: int = Field(8, ge=0, description="requests waiting for a slot; more get 429")
     max_tools: int = Field(32, ge=0, description="more tools in one request get 400")
     max_tool_schema_bytes: int = Field(

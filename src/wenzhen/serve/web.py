@@ -21,7 +21,7 @@ from starlette.middleware import Middleware
 
 from wenzhen import safety
 from wenzhen.errors import WenzhenError
-from wenzhen.generation import ChatEngine, GenerationSettings
+from wenzhen.generation import ChatEngine, GenerationSettings, warm_up
 from wenzhen.serve.access import AccessGuard, accepted_hosts, hostname
 from wenzhen.serve.config import WebConfig
 from wenzhen.serve.tools import call_tool, tool_schemas
@@ -386,9 +386,15 @@ def run_web(
     names = [m.name for m in loaded]
     if len(names) == 2 and names[0] == names[1]:
         names = [f"A: {names[0]}", f"B: {names[1]}"]
-    ui = ConsultationUI([ChatEngine(m) for m in loaded], config)
+    engines = [ChatEngine(m) for m in loaded]
+    ui = ConsultationUI(engines, config)
     demo = build_ui(ui, names)
-    demo.queue(default_concurrency_limit=1)
+    # Visitors' answers decode together in each engine's running batch, up to what its KV cache holds; the UI
+    # answers only once every step they will use is compiled (ready means ready).
+    concurrency = min(engine.max_batch for engine in engines)
+    for engine in engines:
+        warm_up(engine, concurrency)
+    demo.queue(default_concurrency_limit=concurrency)
     demo.launch(
         server_name=host,
         server_port=port,
