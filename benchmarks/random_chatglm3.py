@@ -40,26 +40,29 @@ def official_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 
 def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Norm weights near 1, everything else small normal noise (so activations stay finite in fp16)."""
+    noise = torch.randn(shape, generator=generator, device=generator.device)
     if name.endswith("layernorm.weight"):
-        return (1 + 0.02 * torch.randn(shape, generator=generator)).half()
-    return (0.02 * torch.randn(shape, generator=generator)).half()
+        return (1 + 0.02 * noise).half()
+    return (0.02 * noise).half()
 
 
-def build(out_dir: Path, config_path: Path, shards: int, fmt: str, seed: int = 0) -> Path:
+def build(
+    out_dir: Path, config_path: Path, shards: int, fmt: str, seed: int = 0, device: str = "cpu"
+) -> Path:
     """Write the checkpoint; returns `out_dir`."""
     config = json.loads(config_path.read_text())
     shapes = official_shapes(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(shapes)
     per_shard = -(-len(names) // shards)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     weight_map = {}
     suffix = "bin" if fmt == "bin" else "safetensors"
     stem = "pytorch_model" if fmt == "bin" else "model"
     for index in range(shards):
         chunk = names[index * per_shard : (index + 1) * per_shard]
         file = f"{stem}-{index + 1:05d}-of-{shards:05d}.{suffix}"
-        tensors = {name: random_tensor(name, shapes[name], generator) for name in chunk}
+        tensors = {name: random_tensor(name, shapes[name], generator).cpu() for name in chunk}
         if fmt == "bin":
             torch.save(tensors, out_dir / file)
         else:
@@ -79,8 +82,11 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=SHARED / "chatglm3-6b-config.json")
     parser.add_argument("--shards", type=int, default=7)
     parser.add_argument("--format", choices=["bin", "safetensors"], default="bin")
+    parser.add_argument(
+        "--device", default="cpu", help="where to draw the random numbers (cuda: much faster)"
+    )
     args = parser.parse_args()
-    build(args.out_dir, args.config, args.shards, args.format)
+    build(args.out_dir, args.config, args.shards, args.format, device=args.device)
     print(f"wrote {args.out_dir}")
 
 

@@ -215,6 +215,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rss_after, gpu_after = process.memory_info().rss, gpu_memory_mib()
             health = httpx.get(f"{base}/health", timeout=10).json()
             log_text = log_path.read_text(encoding="utf-8", errors="replace")
+    if args.server_log:
+        args.server_log.write_text(log_text, encoding="utf-8")
     warm = re.search(r"warmed up in ([\d.]+) s", log_text)
     return {
         "machine": machine(),
@@ -282,6 +284,7 @@ def main() -> None:
     parser.add_argument("--device", help="passed to wenzhen api")
     parser.add_argument("--dtype", help="passed to wenzhen api")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--server-log", type=Path, help="also keep the server's output in this file")
     parser.add_argument("--suffix", default="", help="results file name suffix, e.g. -cpu")
     args = parser.parse_args()
     print(write(run(args), args.results, args.suffix))
