@@ -453,7 +453,7 @@ class ContinuousBatcher:
         """Rows with the same settings and no per-row state: one batched call (temperature, top-k/p)."""
         if like.settings.temperature <= 0:
             return scores.argmax(dim=-1)
-        scores = like.processors(None, scores)  # type: ignore[arg-type]  # these warpers ignore input_ids
+        scores = like.processors(None, scores)  # these warpers ignore input_ids
         return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
 
     def _choose_own(self, scores: torch.Tensor, row: _Request) -> torch.Tensor:
@@ -461,7 +461,7 @@ class ContinuousBatcher:
         if row.sequence is not None:
             scores = row.processors(row.sequence, scores)
         elif row.settings.temperature > 0:
-            scores = row.processors(None, scores)  # type: ignore[arg-type]
+            scores = row.processors(None, scores)
         if row.settings.temperature > 0:
             probs = torch.softmax(scores, dim=-1)
             token = torch.multinomial(probs, num_samples=1, generator=row.generator).squeeze(1)

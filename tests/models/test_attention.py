@@ -5,7 +5,7 @@ import torch
 from transformers import StaticCache
 
 from wenzhen.models import load_model
-from wenzhen.models.attention import GROUPED_SDPA, use_grouped_sdpa
+from wenzhen.models.attention import GROUPED_SDPA, fuse_qkv_projections, use_grouped_sdpa
 
 
 def prefill_and_step(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,3 +51,23 @@ def test_other_attention_kernels_are_left_alone(chatglm3_dir, attention):
     model.set_attn_implementation(attention)
     assert not use_grouped_sdpa(model)
     assert model.config._attn_implementation == attention
+
+
+def test_fused_qkv_gives_the_same_logits_and_tokens(chatglm3_dir):
+    reference = load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu").model
+    fused = load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu").model
+    assert fuse_qkv_projections(fused) == fused.config.num_hidden_layers
+    attention = fused.model.layers[0].self_attn
+    assert not hasattr(attention, "q_proj") and attention.qkv_proj.out_features == sum(attention.qkv_sizes)
+    ids = torch.randint(100, 60000, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+        settings = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+        assert torch.equal(fused.generate(ids, **settings), reference.generate(ids, **settings))
+
+
+def test_adapter_wrapped_projections_are_not_fused(chatglm3_dir):
+    loaded = load_model(
+        chatglm3_dir / "tiny-chatglm3", adapter=chatglm3_dir / "tiny-chatglm3-lora-adapter", device="cpu"
+    )
+    assert fuse_qkv_projections(loaded.model) == 0

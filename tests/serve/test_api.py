@@ -50,6 +50,23 @@ def test_server_says_where_it_listens(api_server: Any) -> None:
     assert f"wenzhen api: serving '{MODEL_ID}' on {api_server.base_url}/v1 (bearer key required)" in printed
 
 
+def test_server_warms_up_before_it_reports_ready(api_server: Any) -> None:
+    printed = Path(api_server.log_path).read_text(encoding="utf-8")
+    warmed = printed.index("warmed up in ")
+    assert "warming up: batch 1" in printed[:warmed]
+    assert warmed < printed.index("wenzhen api: serving")
+
+
+def test_the_answer_budget_shrinks_to_fit_the_context(api: str) -> None:
+    body = {"model": MODEL_ID, "messages": _user("头痛" * 100), "max_tokens": MAX_TOKENS}
+    response = _post(api, body)
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    context = 512  # the tiny model's
+    assert usage["prompt_tokens"] + MAX_TOKENS > context
+    assert usage["prompt_tokens"] + usage["completion_tokens"] <= context
+
+
 @pytest.fixture(scope="module")
 def tool_client(tool_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     """A client of the API on the tiny ChatGLM3 trained to call lookup_drug."""

@@ -101,12 +101,12 @@ def _fusable(module: torch.nn.Module) -> bool:
     )
 
 
-def _fuse(module: torch.nn.Module) -> None:
-    parts = [module.q_proj, module.k_proj, module.v_proj]
+def _fuse(module: Any) -> None:
+    parts: list[torch.nn.Linear] = [module.q_proj, module.k_proj, module.v_proj]
     weight = torch.cat([p.weight.detach() for p in parts])
     bias = None
     if parts[0].bias is not None:
-        bias = torch.cat([p.bias.detach() for p in parts])  # type: ignore[union-attr]
+        bias = torch.cat([p.bias.detach() for p in parts if p.bias is not None])
     qkv = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     qkv.weight = torch.nn.Parameter(weight, requires_grad=False)
     if bias is not None:
