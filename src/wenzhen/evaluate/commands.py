@@ -38,8 +38,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, model_required: bool =
         "--static-cache",
         choices=["auto", "on", "off"],
         default="auto",
-        help="compiled static KV cache for generation (auto: on for CUDA); its compile warm-up dominates "
-        "short GPU runs",
+        help="continuous batching over a slot KV cache, its step compiled on CUDA (auto: on, except for "
+        "prefix-tuning adapters; off: transformers' generate); its compile warm-up dominates short GPU runs",
     )
     parser.add_argument(
         "--label", help="name of this run in reports (default: the model's or adapter's folder)"

@@ -20,7 +20,9 @@ class ModelOptions(StrictModel):
     dtype: str = Field("auto", description="bf16, fp16, fp32 or auto (bf16 on GPU, fp32 on CPU)")
     device: str = Field("auto", description="cuda, cpu or auto")
     static_cache: bool | None = Field(
-        None, description="compiled static KV cache for generation; None = the engine's default (on for CUDA)"
+        None,
+        description="continuous batching over a slot KV cache (its step compiled on CUDA); false = transformers' "
+        "generate; None = the engine's default (on, except for prefix-tuning adapters)",
     )
 
 
