@@ -157,7 +157,8 @@ def api_server(model: Path, port: int, max_tokens: int, log_path: Path, extra: l
     limits = {"max_tokens": max_tokens, "default_max_tokens": max_tokens, "max_queue": 256}
     config.write_text(yaml.safe_dump({"limits": limits}), encoding="utf-8")
     args = ["api", str(model), "--port", str(port), "--model-name", MODEL_ID, "--config", str(config), *extra]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT / "src")}
+    path = os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "wenzhen", *args],

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from wenzhen.errors import WenzhenError
-from wenzhen.generation import ChatEngine, GenerationSettings, batch_buckets
+from wenzhen.generation import ChatEngine, GenerationSettings, batch_buckets, window_buckets
 from wenzhen.models import load_model
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
@@ -104,6 +104,7 @@ def test_max_batch_defaults_from_the_memory_budget(tiny):
     assert 1 < engine.max_batch <= 64
     assert batch_buckets(engine.max_batch)[-1] == engine.max_batch
     assert batch_buckets(24) == [1, 2, 4, 8, 16, 24]
+    assert window_buckets(8192) == [1024, 4096, 8192] and window_buckets(512) == [512]
 
 
 def test_stop_ids_are_the_official_three(engine):

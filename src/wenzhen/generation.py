@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -48,6 +48,10 @@ KV_SHARE_OF_FREE_GPU = 0.6
 KV_SHARE_OF_FREE_HOST = 0.25
 # Sequences decoded at once at most: beyond this a 6B model's step is no longer bound by reading the weights.
 MAX_BATCH = 64
+# A decode step reads keys and values up to the longest extent (prompt + answer budget) of its rows, rounded up to
+# a window (`window_buckets`), not the whole slot: SDPA's masked kernel walks the keys of one sequence and KV head
+# on one thread block, so a batch-1 step over all 8,192 positions of a 6B slot ran at 109 tokens/s on an H200.
+MIN_WINDOW = 1024
 TRANSFORMERS_DEFAULT_TOP_K = 50
 
 
@@ -149,7 +153,8 @@ class SlotKVCache:
     lengths. Here each row writes its new key and value at its own position (one indexed store per layer), so the
     rows of one decode step can be at any length. Two modes, set by the batcher before each model call: `prefill`
     writes one request's prompt into its slot and attends over the prompt alone; `decode` writes one token per row
-    of slots `0..batch-1` at `positions` and attends over the rows' whole slots (the mask hides the unused tail).
+    of slots `0..batch-1` at `positions` and attends over the first `len(columns)` positions of the rows' slots
+    (the window: a step never reads the unused tail of a slot; the mask hides what a row has not reached).
     Implements the part of transformers' cache interface their attention layers call (`update`).
     """
 
@@ -163,6 +168,7 @@ class SlotKVCache:
         self.slots, self.length = slots, length
         self.prefill_slot: int | None = None
         self.positions: torch.Tensor | None = None
+        self.columns: torch.Tensor | None = None
 
     def mark_static(self) -> None:
         """Tell the compiler the tensors live at fixed addresses (CUDA graphs then read them in place)."""
@@ -179,12 +185,12 @@ class SlotKVCache:
             keys[self.prefill_slot, :, :length] = key_states[0]
             values[self.prefill_slot, :, :length] = value_states[0]
             return key_states, value_states
-        assert self.positions is not None
-        batch = key_states.shape[0]
+        assert self.positions is not None and self.columns is not None
+        batch, window = key_states.shape[0], self.columns.shape[0]
         rows = torch.arange(batch, device=key_states.device)
         keys[rows, :, self.positions] = key_states[:, :, 0]
         values[rows, :, self.positions] = value_states[:, :, 0]
-        return keys[:batch], values[:batch]
+        return keys[:batch, :, :window], values[:batch, :, :window]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Unused by the batcher (it passes positions and masks itself); part of the cache interface."""
@@ -203,6 +209,15 @@ def batch_buckets(max_batch: int) -> list[int]:
     """Batch sizes a decode step is compiled for: powers of two up to `max_batch`, and `max_batch` itself."""
     sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
     return sizes if sizes[-1] == max_batch else [*sizes, max_batch]
+
+
+def window_buckets(length: int) -> list[int]:
+    """Key lengths a decode step attends over: `MIN_WINDOW` times powers of four below `length`, and `length`.
+
+    Few of them on purpose: each is a recorded CUDA graph per batch bucket, and should the compiler specialise on
+    a window (the window is compiled as a dynamic size), a recompilation."""
+    sizes = [size for size in (MIN_WINDOW << 2 * i for i in range(16)) if size < length]
+    return [*sizes, length]
 
 
 @dataclass(eq=False)
@@ -229,6 +244,38 @@ class _Request:
         if self.settings.temperature <= 0:
             return ("greedy",)
         return ("sample", self.settings.temperature, self.settings.top_p)
+
+
+@dataclass
+class _ThreadCall:
+    """A function to run on the batcher thread, and where its result goes."""
+
+    function: Callable[[], Any]
+    done: "Future[Any]"
+
+    def run(self) -> None:
+        try:
+            self.done.set_result(self.function())
+        except Exception as exc:  # handed to the caller waiting on the future
+            self.done.set_exception(exc)
+
+
+def _prepare_cudagraph_thread() -> None:
+    """Give this thread the per-thread state that torch's CUDA-graph trees keep for the thread that imported them.
+
+    Why: `torch._inductor.cudagraph_trees` sets its tree-manager containers at import, on a thread-local object,
+    so a compiled step called on any other plain thread fails (`assert torch._C._is_key_in_tls(...)` in `get_obj`,
+    torch 2.11); each engine runs its batcher on its own thread (a web UI comparing two models has two). Newer
+    torch initialises the state itself, which this leaves alone.
+    """
+    from torch._inductor import cudagraph_trees
+
+    local = cudagraph_trees.local
+    if not hasattr(local, "tree_manager_containers") and not torch._C._is_key_in_tls(
+        "tree_manager_containers"
+    ):
+        local.tree_manager_containers = {}
+        local.tree_manager_locks = collections.defaultdict(threading.Lock)
 
 
 class ContinuousBatcher:
@@ -260,13 +307,14 @@ class ContinuousBatcher:
         self.device = next(model.parameters()).device
         self.slots, self.length = slots, length
         self.buckets = batch_buckets(slots)
+        self.windows = window_buckets(length)
         self.cache: SlotKVCache | None = None
         self.compiled = compile_step
         self.step = (
             torch.compile(self._decode_step, mode="reduce-overhead") if compile_step else self._decode_step
         )
         self.top_k = self._sampling_top_k()
-        self._incoming: queue.Queue[list[_Request]] = queue.Queue()
+        self._incoming: queue.Queue[list[_Request] | _ThreadCall] = queue.Queue()
         self._backlog: collections.deque[_Request] = collections.deque()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -276,11 +324,14 @@ class ContinuousBatcher:
 
     def submit(self, requests: list[_Request]) -> None:
         """Queue requests; they join the batch together at the next step."""
+        self._start_thread()
+        self._incoming.put(requests)
+
+    def _start_thread(self) -> None:
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="wenzhen-batcher", daemon=True)
                 self._thread.start()
-        self._incoming.put(requests)
 
     @property
     def active(self) -> int:
@@ -304,6 +355,8 @@ class ContinuousBatcher:
         self.columns = torch.arange(self.length, device=self.device)
 
     def _run(self) -> None:
+        if self.compiled:
+            _prepare_cudagraph_thread()
         with torch.inference_mode():
             if self.cache is None:
                 self._allocate()
@@ -347,6 +400,10 @@ class ContinuousBatcher:
         needed = max(row.slot for row in rows) + 1
         return next(size for size in self.buckets if size >= needed)
 
+    def _window(self, rows: list[_Request]) -> int:
+        needed = max(len(row.prompt) + row.settings.max_new_tokens for row in rows)
+        return next((size for size in self.windows if size >= needed), self.length)
+
     def _slot_index(self, rows: list[_Request]) -> torch.Tensor | slice:
         slots = [row.slot for row in rows]
         if slots == list(range(len(slots))):
@@ -357,9 +414,13 @@ class ContinuousBatcher:
         """Give free slots to waiting requests, oldest first (waiting for one when nothing runs)."""
         while True:
             try:
-                self._backlog.extend(self._incoming.get(block=block and not self._backlog))
+                item = self._incoming.get(block=block and not self._backlog)
             except queue.Empty:
                 break
+            if isinstance(item, _ThreadCall):
+                item.run()
+                continue
+            self._backlog.extend(item)
             block = False
         for request in [r for r in self._backlog if r.stop_event.is_set()]:
             self._backlog.remove(request)  # cancelled while waiting: never prefilled
@@ -404,10 +465,14 @@ class ContinuousBatcher:
         self.positions[request.slot] = length
         return self._choose(logits, [request], rows_are_slots=False)
 
-    def _decode_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _decode_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor
+    ) -> torch.Tensor:
         assert self.cache is not None
-        mask = self.columns[None, :] <= positions[:, None]
-        self.cache.positions = positions
+        # Free slots inside the bucket count on past their window: keep their discarded row inside it.
+        positions = positions.clamp(max=columns.shape[0] - 1)
+        mask = columns[None, :] <= positions[:, None]
+        self.cache.positions, self.cache.columns = positions, columns
         logits = self.model(
             input_ids=tokens[:, None],
             position_ids=positions[:, None],
@@ -420,14 +485,46 @@ class ContinuousBatcher:
         return logits[:, -1, :].float()
 
     def _launch(self, rows: list[_Request]) -> tuple[torch.Tensor, list[_Request]]:
-        bucket = self._bucket(rows)
-        tokens, positions = self.tokens[:bucket], self.positions[:bucket].clamp(max=self.length - 1)
+        return self._step_at(self._bucket(rows), self._window(rows)), rows
+
+    def _step_at(self, bucket: int, window: int) -> torch.Tensor:
+        """One decode step over slots `0..bucket-1`, attending over `window` positions."""
+        tokens, positions, columns = self.tokens[:bucket], self.positions[:bucket], self.columns[:window]
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
-            if bucket > 1:  # one compilation serves every batch size above 1 (size 1 is specialised)
+            # One compilation serves every batch size above 1 (size 1 is specialised) and every window; CUDA
+            # graphs are then recorded per (batch bucket, window).
+            if bucket > 1:
                 torch._dynamo.maybe_mark_dynamic(tokens, 0)
                 torch._dynamo.maybe_mark_dynamic(positions, 0)
-        return self.step(tokens, positions), rows
+            torch._dynamo.maybe_mark_dynamic(columns, 0)
+        return self.step(tokens, positions, columns)
+
+    def record_graphs(self, max_batch: int, progress: Callable[[str], None] | None) -> None:
+        """Compile the step and record its CUDA graphs for every batch bucket up to `max_batch` and every window
+        (runs on the batcher thread, when no request is decoding: the steps write only into free slots)."""
+        if any(row is not None for row in self.rows):
+            return
+        started = time.perf_counter()
+        for bucket in [size for size in self.buckets if size <= max_batch]:
+            if progress is not None:
+                elapsed = time.perf_counter() - started
+                progress(
+                    f"warming up: batch {bucket} of {max_batch}, windows up to {self.length} ({elapsed:.0f} s)"
+                )
+            for window in self.windows:
+                for _ in range(3):  # cudagraph trees: a warm-up run, the recording, a first replay
+                    self._step_at(bucket, window)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def call_on_thread(self, function: Callable[[], Any]) -> Any:
+        """Run `function` on the batcher thread between two steps (CUDA graphs belong to the thread that recorded
+        them) and return its result."""
+        done: Future[Any] = Future()
+        self._start_thread()
+        self._incoming.put(_ThreadCall(function, done))
+        return done.result()
 
     def _choose(
         self, logits: torch.Tensor, rows: list[_Request], rows_are_slots: bool = True
@@ -742,25 +839,27 @@ class ChatEngine:
         return outputs
 
     def warm_up(self, max_batch: int | None = None, progress: Callable[[str], None] | None = None) -> float:
-        """Compile and capture the decode step for every batch-size bucket up to `max_batch` (default: all) by
-        decoding a few tokens at each size, so that the first real request is as fast as the hundredth; seconds
-        taken."""
+        """Compile the decode step and record its CUDA graphs for every batch-size bucket up to `max_batch`
+        (default: all) and every attention window, so that the first real request is as fast as the hundredth;
+        seconds taken."""
         started = time.perf_counter()
         if not self.static_cache:
             return 0.0
+        if progress is not None:
+            progress("warming up: a first request (compiles the decode step on GPU)")
         prompt = self.encode([{"role": "user", "content": "你好"}])
-        sizes = batch_buckets(min(max_batch or self.max_batch, self.max_batch))
-        if self.device.type != "cuda":
-            sizes = [1]  # nothing is compiled on CPU: one request initialises the kernels and the cache
         settings = GenerationSettings(max_new_tokens=4, temperature=0)
-        for size in sizes:
-            if progress is not None:
-                progress(f"warming up: batch {size} of {sizes[-1]} ({time.perf_counter() - started:.0f} s)")
-            saved, self.stop_ids = self.stop_ids, []  # decode the same number of tokens at every size
-            try:
-                self.generate_token_ids([prompt] * size, settings)
-            finally:
-                self.stop_ids = saved
+        limit = min(max_batch or self.max_batch, self.max_batch)
+        saved, self.stop_ids = self.stop_ids, []  # decode the same number of tokens every time
+        try:
+            # Real requests at batch 1 and 2 compile the step (size 1 is specialised) and run a prefill.
+            self.generate_token_ids([prompt] * min(2, limit), settings)
+        finally:
+            self.stop_ids = saved
+        batcher = self.batcher
+        assert batcher is not None
+        if batcher.compiled:
+            batcher.call_on_thread(lambda: batcher.record_graphs(limit, progress))
         return time.perf_counter() - started
 
     @torch.inference_mode()

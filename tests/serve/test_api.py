@@ -53,7 +53,7 @@ def test_server_says_where_it_listens(api_server: Any) -> None:
 def test_server_warms_up_before_it_reports_ready(api_server: Any) -> None:
     printed = Path(api_server.log_path).read_text(encoding="utf-8")
     warmed = printed.index("warmed up in ")
-    assert "warming up: batch 1" in printed[:warmed]
+    assert "warming up: a first request" in printed[:warmed]
     assert warmed < printed.index("wenzhen api: serving")
 
 
