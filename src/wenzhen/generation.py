@@ -760,23 +760,23 @@ class ChatEngine:
         stop_event: threading.Event,
     ) -> Iterator[str]:
         (chunks,) = self._start([prompt], settings, stop_event)
-        ids: list[int] = []
+        text = _TextDeltas(self._decode)
         emitted = ""
         drained = False
         try:
             for chunk in _id_chunks(chunks):
-                ids.extend(chunk)
-                text = self._decode(ids).lstrip()
-                if text.endswith(REPLACEMENT_CHAR):
-                    continue  # a character split across byte tokens: wait for its remaining bytes
-                if len(text) > len(emitted) and text.startswith(emitted):
-                    yield text[len(emitted) :]
-                    emitted = text
+                delta = text.add(chunk)
+                if not emitted:
+                    delta = delta.lstrip()
+                if delta:
+                    yield delta
+                    emitted += delta
             drained = True
         finally:
             # The consumer stopped iterating before the end (client gone): stop the generation, free its slot.
             if not drained:
                 stop_event.set()
+        ids = text.ids
         raw = self._decode(ids)
         cancelled = (
             stop_event.is_set()
@@ -889,6 +889,32 @@ class ChatEngine:
             **settings.generate_kwargs(),
         )
         return [self._strip_after_stop(row[width:].tolist()) for row in output.cpu()]
+
+
+class _TextDeltas:
+    """The text a growing answer adds, decoding only its last few tokens each time.
+
+    Why: decoding the whole answer at every token costs time growing with its length, per token and per client,
+    on the server's one interpreter; here each step decodes the tokens since the last emitted text plus the chunk
+    before them (the context a tokenizer needs to place spaces and join byte tokens), as streaming servers do.
+    A character split across byte tokens decodes to U+FFFD and waits for its remaining bytes.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode = decode
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] were emitted last time and give the context
+        self.read = 0
+
+    def add(self, new_ids: list[int]) -> str:
+        """Append ids; the text they complete (may be empty)."""
+        self.ids.extend(new_ids)
+        before = self.decode(self.ids[self.prefix : self.read])
+        after = self.decode(self.ids[self.prefix :])
+        if after.endswith(REPLACEMENT_CHAR) or len(after) <= len(before) or not after.startswith(before):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before) :]
 
 
 def _id_chunks(chunks: "queue.Queue[Any]") -> Iterator[list[int]]:
