@@ -1,0 +1,42 @@
+"""The medical safety guard: red-flag categories, normalisation, speech acts, a learned stage, the guard.
+
+`from wenzhen import safety` gives the public API (`Guard`, `GuardVerdict`, `SafetyConfig`, `check`,
+`get_guard`, `apply`, `answer_prefix`, `answer_suffix`, `with_system_prompt`, `DISCLAIMER`, `SYSTEM_PROMPT`,
+`CATEGORIES`); see `guard.py` for the design.
+"""
+
+from wenzhen.safety.guard import (
+    CATEGORIES,
+    DISCLAIMER,
+    SYSTEM_PROMPT,
+    ExtraRule,
+    Guard,
+    GuardVerdict,
+    RedFlagCategory,
+    SafetyConfig,
+    answer_prefix,
+    answer_suffix,
+    apply,
+    check,
+    get_guard,
+    normalise,
+    with_system_prompt,
+)
+
+__all__ = [
+    "CATEGORIES",
+    "DISCLAIMER",
+    "SYSTEM_PROMPT",
+    "ExtraRule",
+    "Guard",
+    "GuardVerdict",
+    "RedFlagCategory",
+    "SafetyConfig",
+    "answer_prefix",
+    "answer_suffix",
+    "apply",
+    "check",
+    "get_guard",
+    "normalise",
+    "with_system_prompt",
+]

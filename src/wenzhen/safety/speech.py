@@ -1,0 +1,160 @@
+"""Speech act and time: is this message a report of something happening now to a real person?
+
+The same words mean different things in "我爸嘴歪了，说话不清" and "中风的早期表现是什么，嘴歪说话不清吗".
+The guard counts a message's red-flag content only when the message is a **report**. It is not when it is
+
+- an **exam or teaching** context (考试题, 选择题, 病例分析, 讲课, 小说, 剧本 ...);
+- a **question about a condition** (有哪些症状, 是什么, 怎么区分, 的定义 ...) with no person and no "now";
+- **prevention** (怎么预防, 防止, 避免) with no "now";
+- **hearsay or media** (新闻, 电视上, 视频里, 听说) with no "now";
+- **past history** resolved or worked up (去年…现在恢复很好, 前两天…后来检查是…) with no "now" (今天, 刚才);
+- a **question about caring for a diagnosed condition** (癫痫病人能结婚吗, 哪家医院治X好) with no "now".
+
+Hyperbole is removed clause by clause before matching: a figurative consequence (想死, 窒息, 吐血, 晕倒,
+心脏病 ...) caused by an everyday thing (加班, 作业, 老板, 房价, 天气, 辣, 笑 ...), or a mood or sensation
+word in the "X得…死/X死了" pattern (累得想死, 热死了, 笑死), or 想死你了. "疼得想死" stays: pain is not
+everyday. `is_resolution` says when a message ends an emergency reported earlier (醒过来了, 救护车到了,
+已经在医院, 没事了).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from wenzhen.safety.categories import CLAUSE_END
+
+_C = rf"[^{CLAUSE_END}]"
+
+
+class Act(str, Enum):
+    """What a user message does."""
+
+    REPORT = "report"
+    EXAM = "exam"
+    ABOUT = "about"
+    PREVENTION = "prevention"
+    HEARSAY = "hearsay"
+    PAST = "past"
+    DIAGNOSED = "diagnosed"
+
+
+# "Now" markers: strong ones make a message a report whatever else it says; weak ones (突然, 越来越) also
+# occur in narratives of past episodes, so history and diagnosed-condition questions are checked first.
+STRONG_NOW = re.compile(
+    rf"刚才|刚刚|现在{_C}{{0,3}}(?:又|还在|一直|开始|突然|越来越|很|特别|叫|昏|抽|吐|疼|痛|喘)|正在|今天|今晚|今早|此刻|"
+    rf"一直在|还在|在线等|救命|快来|急死|怎么救|要不要(?:叫|打)|叫救护车|打120|\d+分钟了|半小时了|在吐|在流"
+)
+WEAK_NOW = re.compile(rf"突然|忽然|越来越|怎么办|又(?:犯|发|抽|开始)|已经{_C}{{0,4}}(?:分钟|小时)了")
+EXAM = re.compile(
+    r"考试题|考试:|考题|试题|题目|明天考|选择题|这道题|病例分析|病例讨论|作业|论文|考核|规培|执业医师|护士资格|资格证|医学生|"
+    r"上课|讲课|课上|教学|培训|演练|竞赛|出(?:几道|一份|一些|一道)?题|小说|剧本|电视剧|拍戏|演一个|扮演|怎样演|怎么演|"
+    r"写一篇|文案|海报|科普|口诀|问卷|量表|[a-d]\.\D{1,12}[b-e]\.|药理学|儿科学|解剖课|心理学作业|急救知识|急救课"
+)
+ABOUT = re.compile(
+    rf"有哪些|有些什么|有什么|哪几|是什么|什么是|的症状|的表现|有什么(?:区别|不同|表现)|{_C}{{0,12}}(?:区别|不同)|怎么区分|如何区分|的定义|定义是|"
+    rf"的原因|诱因|机制|为什么|会传染|遗传|死亡率|多少算|正常值|标准是|的诊断|怎么识别|如何识别|识别法|适用于|是指|是什么意思|有什么前兆|前兆|怎么开展|干预热线|"
+    rf"评分|量表|一回事|病因|会不会|什么情况下|几小时内|原则|步骤|要用什么药|是不是要生了|有用吗|是真的吗"
+)
+PERSON = re.compile(
+    r"我|俺|咱|家里|家人|老公|老婆|爱人|丈夫|妻子|爸|妈|爷爷|奶奶|外公|外婆|公公|婆婆|姥|儿子|女儿|朋友|同事|室友|"
+    r"邻居|男朋友|女朋友|弟|妹|哥|姐|他|她"
+)
+PREVENTION = re.compile(r"预防|防止|避免|防范|怎么防|如何防|防(?:中暑|溺水|摔|蛇|烫)|注意什么安全|早点干预|及早发现")
+HEARSAY = re.compile(r"新闻|电视上|网上看到|纪录片|视频里|刷到|电影里|听说|看到有人|报道|上课讲")
+PAST = re.compile(
+    r"前段时间|前一段时间|前些天|前两天|前几天|有一天|那天|有一次|去年|前年|以前|之前|曾经|小时候|\d+年前|几年前|多年前|上个月|上周|上次|当年|当时|那次|半年前|\d+个月前|既往|有过|得过|"
+    r"生孩子的时候|前几年"
+)
+RESOLVED = re.compile(
+    rf"已经好了|好了|恢复|稳定|控制得|正常|退了|出院|之后一直没|后来|救回来|抢救过来|治好|好多了|已经不|停药|拉出来了|"
+    rf"已经在医院|在医院治疗|送医院了|送到?医院|去了医院|住院|检查|确诊|诊断|医生说|现在{_C}{{0,6}}(?:好|还行|正常|稳定|没事)|复查|康复|后遗症|疤"
+)
+# A question about caring for a condition already diagnosed ("癫痫病人能结婚吗", "哪家医院治疗X好").
+DIAGNOSED = re.compile(
+    r"确诊|诊断|查出|检查(?:说|发现|发觉|结果)|医生说是|发觉是|得了|患有|患了|病人|患者|病史|多年|老毛病|一直有|\d+年了|几年了"
+)
+CARE_QUESTION = re.compile(
+    r"治疗|治好|根治|医院|费用|多少钱|吃什么|饮食|注意什么|调理|康复|复查|遗传|结婚|生子|能不能|可以{0,8}吗|有用吗|效果|"
+    r"方法|偏方|药物|检查出|预兆|怎么治|如何治|宜食|食疗|吃啥|吃哪些|哪里|哪家|彻底"
+)
+# Names of conditions people ask about once diagnosed; with a care question the message is about the condition.
+CONDITION = re.compile(
+    r"癫痫|羊癫疯|高血压|糖尿病|冠心病|心脏病|哮喘|慢阻肺|肝硬化|肝炎|大三阳|小三阳|胃病|胃炎|贫血|偏瘫|脑梗|中风|"
+    r"肿瘤|癌|帕金森|肾病|肾衰|尿毒症|红斑狼疮|甲亢|甲减|心衰|心律失常|早搏|房颤|抑郁症|焦虑症|精神分裂"
+)
+# A symptom that passed within the message itself ("跑步后喘得厉害，一会就好了").
+RESOLVED_SAME_MESSAGE = re.compile(rf"一会(?:儿)?就好|休息{_C}{{0,3}}就?好了|(?:已经|马上就|很快就)(?:好了|止住|缓解)|就好了")
+# The asker ("我想了解", "请问") is not a person the message reports on.
+ASKER = re.compile(r"我想(?:多)?(?:了解|知道|问)|请问|我(?:是|们是)医学生|我同学|我老师")
+# A message that ends an emergency reported earlier in the conversation.
+RESOLUTION = re.compile(
+    rf"没事了|好了|缓过来了|缓解了|醒过来了|醒了|止住了|不(?:疼|痛)了|退烧了|烧退了|不抽了|能说话了|"
+    rf"救护车{_C}{{0,3}}(?:来了|到了)|(?:已经)?(?:到|在|送到?){_C}{{0,2}}医院了?|医生{_C}{{0,4}}(?:看过|处理|说没事)|"
+    rf"出院了|误会|搞错了|虚惊|不是真的|没那么严重"
+)
+
+_EVERYDAY_CAUSE = (
+    rf"工作|加班|上班|作业|题|考试|考研|学习|老板|房价|价格|账单|游戏|电影|视频|天气|堵车|快递|消息|老师|周一|周末|"
+    rf"辣条|火锅|辣|笑|哈哈|开玩笑|玩笑|气得|被{_C}{{0,3}}气|方案|综合症|吓得"
+)
+_FIGURATIVE = (
+    rf"想死|要死|死了|窒息|吐血|心脏骤停|心脏病|脑溢血|血压{_C}{{0,3}}(?:上来|飙|升)|差点晕|快晕|要晕|喘不[上过]气|透不过气|要命|疯|"
+    rf"瞎|断|散架|跳楼|不想活|撞墙|天要塌|心脏{_C}{{0,4}}跳出来|中暑|胃疼|肚子疼"
+)
+_HYPERBOLE = (
+    re.compile(rf"^(?=.*(?:{_EVERYDAY_CAUSE}))(?=.*(?:{_FIGURATIVE})).*$"),
+    re.compile(
+        rf"(?:累|忙|困|烦|热|冷|饿|无聊|气|骂|笑|吓|闷|辣|难|逼|愁|急|尴尬|丢人|羞|胖|心累)"
+        rf"(?:得{_C}{{0,4}}(?:死|窒息|晕|疯|喘不|透不过|吐血|要命)|死(?:了|我|人|啦))"
+    ),
+    re.compile(r"想死你|想你想死|(?:好|真)想死在床上|想死的心都有"),
+)
+# With an everyday cause anywhere in the message, a consequence said as "要/快/差点/真是 ..." is figurative.
+_MODAL_FIGURATIVE = re.compile(rf"(?:要|快|差点|简直|真是|都要|得我|得人){_C}{{0,3}}(?:{_FIGURATIVE})")
+
+
+def _clauses(text: str) -> list[str]:
+    return [c for c in re.split(rf"[{CLAUSE_END}]", text) if c]
+
+
+def strip_hyperbole(text: str) -> str:
+    """`text` without its figurative clauses; a message that says it is joking loses every figurative clause."""
+    joking = "开玩笑" in text or "哈哈" in text
+    everyday = re.search(_EVERYDAY_CAUSE, text) is not None
+    kept = []
+    for clause in re.split(rf"(?<=[{CLAUSE_END}])", text):
+        figurative = (
+            any(p.search(clause) for p in _HYPERBOLE)
+            or (joking and re.search(_FIGURATIVE, clause) is not None)
+            or (everyday and _MODAL_FIGURATIVE.search(clause) is not None)
+        )
+        if not figurative:
+            kept.append(clause)
+    return "".join(kept)
+
+
+def speech_act(text: str) -> Act:
+    """What one normalised user message does (see the module docstring)."""
+    if EXAM.search(text):
+        return Act.EXAM
+    if STRONG_NOW.search(text):
+        return Act.REPORT
+    if (PAST.search(text) and RESOLVED.search(text)) or RESOLVED_SAME_MESSAGE.search(text):
+        return Act.PAST
+    if CARE_QUESTION.search(text) and (DIAGNOSED.search(text) or CONDITION.search(text)):
+        return Act.DIAGNOSED
+    if WEAK_NOW.search(text):
+        return Act.REPORT
+    if HEARSAY.search(text):
+        return Act.HEARSAY
+    if PREVENTION.search(text):
+        return Act.PREVENTION
+    if ABOUT.search(text) and not PERSON.search(ASKER.sub("", text)):
+        return Act.ABOUT
+    return Act.REPORT
+
+
+def is_resolution(text: str) -> bool:
+    """Whether a normalised user message says an emergency is over or in a clinician's hands."""
+    return bool(RESOLUTION.search(text))
