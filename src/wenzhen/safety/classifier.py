@@ -25,6 +25,8 @@ from wenzhen.safety.normalise import measurement_facts
 SHIPPED = "resources/safety/classifier.npz"
 NONE = "none"
 MAX_N = 3
+# Texts shorter than this (after hyperbole is stripped) are not scored: too little to go on.
+MIN_CHARS = 4
 
 
 def features(text: str) -> list[str]:
