@@ -9,7 +9,8 @@ of the Red Cross Society of China. Each category holds
   training set (`wenzhen.safety.training`);
 - `conditions`: names of the conditions, used to write the hard negatives (questions *about* a condition);
 - `rules`: tuples of regular-expression term groups matched on normalised text (`normalise.normalise`, with
-  measurement facts such as 血糖危急低 appended); a rule fires when every group has an affirmed match;
+  measurement facts such as 血糖危急低 appended); a rule fires when every group has an affirmed match and no
+  group marked with a leading "!" (a benign explanation, e.g. iron tablets for black stools) matches;
 - `guidance`: what to do first. `{number}` and `{crisis_lines}` come from the config.
 
 The order of the registry is the order guidance is shown in: scene safety (gas) and airway (choking) first.
@@ -249,8 +250,9 @@ _add(
                 rf"大出血|大量出血|大量渗血|渗血{_C}{{0,4}}(?:多|不止)|哗哗|(?:都|全)是{_C}{{0,4}}血|出血{_C}{{0,4}}(?:很多|特别多|好多|越来越多|不停|不止|量大)|(?:好多|很多|一大?[口滩摊])血|"
                 rf"血{_C}{{0,6}}(?:止不住|不止|一直{_C}{{0,2}}(?:流|冒)|往外(?:冒|喷|流)|喷)|止不住|喷(?:出)?血|一股一股|"
                 rf"血流如注|吐{_C}{{0,4}}血|呕{_C}{{0,6}}(?:血|咖啡色)|咳{_C}{{0,6}}(?:一大口|大口|鲜)血|咯血|"
-                rf"柏油|黑便|(?:大便|拉){_C}{{0,6}}(?:黑|全是血|血)|便血|湿透|血块|胃出血|消化道出血|割{_C}{{0,4}}动脉|动脉{_C}{{0,2}}(?:出血|破|喷)",
+                rf"(?:大便|拉){_C}{{0,6}}(?:全是血|血)|便血|湿透|血块|胃出血|消化道出血|割{_C}{{0,4}}动脉|动脉{_C}{{0,2}}(?:出血|破|喷)",
             ),
+            (rf"柏油|黑便|(?:大便|拉){_C}{{0,6}}黑", r"!铁剂|补铁|铋|猪血|鸭血|黑芝麻|桑葚"),
             (rf"鼻血|流血|出血", rf"(?:1|一)个(?:多)?小时|持续超过15分钟|还没止|没止住|止不住"),
         ),
         discriminators=("伤口血流不止或喷血", "呕血或咳出大口鲜血", "黑色柏油样大便", "月经或产后出血一小时湿透卫生巾"),
@@ -314,8 +316,9 @@ _add(
                 rf"眼窝{_C}{{0,2}}(?:凹|陷)|皮肤{_C}{{0,6}}(?:不回|回不去)|嘴唇{_C}{{0,2}}(?:很|特别)?干|蔫|没精神|"
                 rf"精神{_C}{{0,2}}(?:很|特别|非常)?差|软软|软趴趴|叫不醒|叫他{_C}{{0,4}}(?:不理|不怎么理)|不理人|"
                 rf"哭声{_C}{{0,2}}(?:弱|小)|黄{_C}{{0,3}}(?:到脚心|手心|脚心|眼白)|(?:全身|皮肤){_C}{{0,2}}黄|越来越黄|"
-                rf"大便{_C}{{0,4}}(?:发白|白色|陶土)",
+                rf"大便{_C}{{0,4}}(?:发白|白色|陶土)|吐{_C}{{0,4}}喷射",
             ),
+            (CHILD, r"吐", r"好多次|很多次|十几次|\d{2}次|体重{_C}{{0,2}}(?:掉|降|减)"),
         ),
         discriminators=(
             "孩子不能吃奶或喝水",
@@ -339,7 +342,7 @@ _add(
         rules=(
             (
                 rf"(?<![腿脚趾指皮角肉])(?<![腿脚][^,])(?<![腿脚][^,][^,])抽搐|惊厥|癫痫{_C}{{0,4}}(?:发作|犯|又)|口吐白沫|吐白沫|(?:四肢|手脚|全身|浑身){_C}{{0,3}}(?:抽|僵硬|僵直|乱抖)|"
-                rf"一抽一抽|(?:发烧|高烧|发热|烧){_C}{{0,4}}抽(?!血)|抽起来|又抽|抽了{_C}{{0,4}}(?:分钟|好久|没停|次)|"
+                rf"一抽一抽|(?:发烧|高烧|发热|烧){_C}{{0,4}}抽(?!血)|抽起来|又抽|接着抽|抽{_C}{{0,4}}没醒|抽个不停|抽了{_C}{{0,4}}(?:分钟|好久|没停|次)|"
                 rf"牙关紧闭|咬紧牙关|两眼发直|眼{_C}{{0,3}}(?:往上|上)翻|翻白眼",
             ),
             (rf"倒地|倒在地上|叫不应|没反应", rf"抖|抽|僵硬"),
@@ -471,7 +474,7 @@ _add(
         guidance="睾丸扭转要在6小时内手术才能保住睾丸，请立即去医院急诊（泌尿外科），路上不要进食进水。",
         rules=(
             (
-                rf"(?:睾丸|阴囊|下面{_C}{{0,3}}蛋){_C}{{0,6}}(?:剧痛|疼|痛|肿)",
+                rf"(?:睾丸|阴囊|下面{_C}{{0,3}}蛋|(?<![鸡鸭鹅皮咸])蛋){_C}{{0,6}}(?:剧痛|疼|痛|肿)",
                 rf"{SUDDEN}|剧|厉害|走不了|吐|想吐|一边|一侧|左|右|红|变高|小时|钟头|半夜|睡醒|打完球",
             ),
             (rf"腹股沟{_C}{{0,4}}(?:剧痛|疼|痛)", rf"阴囊|睾丸"),

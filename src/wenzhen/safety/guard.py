@@ -71,7 +71,7 @@ _NEGATION = re.compile(
     rf"[^{CLAUSE_END}]{{0,3}}$"
 )
 _HISTORY = re.compile(
-    rf"(?:以前|之前|曾经|去年|前年|小时候|几年前|多年前|\d+年前|半年前|几个月前|\d+个月前|上个月|上次|上周|当年|当时|既往|病史|有过|得过)[^{CLAUSE_END}]*$"
+    rf"(?:以前|之前|曾经|去年|前年|小时候|几年前|多年前|\d+年前|[一两二三四五六七八九十]+年前|半年前|几个月前|\d+个月前|上个月|上次|上周|当年|当时|既往|病史|有过|得过)[^{CLAUSE_END}]*$"
 )
 # Co-occurrence spans at most this many of the latest reported user messages of the current episode.
 WINDOW_MESSAGES = 6
@@ -161,6 +161,17 @@ class GuardVerdict:
 class _CompiledRule:
     category: str
     groups: list[re.Pattern[str]] = field(default_factory=list)
+    vetoes: list[re.Pattern[str]] = field(default_factory=list)  # groups written with a leading "!"
+
+    @classmethod
+    def of(cls, category: str, groups: Sequence[str]) -> "_CompiledRule":
+        rule = cls(category)
+        for group in groups:
+            if group.startswith("!"):
+                rule.vetoes.append(re.compile(group[1:]))
+            else:
+                rule.groups.append(re.compile(group))
+        return rule
 
 
 def _clause_prefix(text: str, start: int) -> str:
@@ -209,7 +220,7 @@ class Guard:
         for name, category in CATEGORIES.items():
             if name in self.enabled:
                 for rule in category.rules:
-                    self.rules.append(_CompiledRule(name, [re.compile(group) for group in rule]))
+                    self.rules.append(_CompiledRule.of(name, rule))
         for extra in self.config.extra_rules:
             self.rules.append(_CompiledRule(extra.category, [re.compile(normalise(p)) for p in extra.all_of]))
         self.classifier = classifier if classifier is not None else (load_shipped() if self.config.classifier else None)
@@ -228,7 +239,7 @@ class Guard:
             if rule.category in categories:
                 continue
             found = [_affirmed_match(group, text) for group in rule.groups]
-            if all(word is not None for word in found):
+            if all(word is not None for word in found) and not any(v.search(text) for v in rule.vetoes):
                 categories.append(rule.category)
                 evidence.extend(word for word in found if word is not None)
         return _with_combinations(categories, text, self.enabled), evidence

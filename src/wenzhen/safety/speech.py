@@ -42,7 +42,7 @@ class Act(str, Enum):
 # "Now" markers: strong ones make a message a report whatever else it says; weak ones (突然, 越来越) also
 # occur in narratives of past episodes, so history and diagnosed-condition questions are checked first.
 STRONG_NOW = re.compile(
-    rf"刚才|刚刚|现在{_C}{{0,3}}(?:又|还在|一直|开始|突然|越来越|很|特别|叫|昏|抽|吐|疼|痛|喘)|正在|今天|今晚|今早|此刻|"
+    rf"刚才|刚刚|现在{_C}{{0,2}}(?:又|还在|一直|开始|突然|越来越|叫不|昏|抽|在吐)|正在|今天|今晚|今早|此刻|"
     rf"一直在|还在|在线等|救命|快来|急死|怎么救|要不要(?:叫|打)|叫救护车|打120|\d+分钟了|半小时了|在吐|在流"
 )
 WEAK_NOW = re.compile(rf"突然|忽然|越来越|怎么办|又(?:犯|发|抽|开始)|已经{_C}{{0,4}}(?:分钟|小时)了")
@@ -53,22 +53,22 @@ EXAM = re.compile(
 )
 ABOUT = re.compile(
     rf"有哪些|有些什么|有什么|哪几|是什么|什么是|的症状|的表现|有什么(?:区别|不同|表现)|{_C}{{0,12}}(?:区别|不同)|怎么区分|如何区分|的定义|定义是|"
-    rf"的原因|诱因|机制|为什么|会传染|遗传|死亡率|多少算|正常值|标准是|的诊断|怎么识别|如何识别|识别法|适用于|是指|是什么意思|有什么前兆|前兆|怎么开展|干预热线|"
+    rf"的原因|诱因|机制|为什么|会传染|遗传|死亡率|多少算|正常值|标准是|的诊断|怎么识别|如何识别|识别法|适用于|是指|几种|类型|分类|种类|是什么意思|有什么前兆|前兆|怎么开展|干预热线|"
     rf"评分|量表|一回事|病因|会不会|什么情况下|几小时内|原则|步骤|要用什么药|是不是要生了|有用吗|是真的吗"
 )
 PERSON = re.compile(
     r"我|俺|咱|家里|家人|老公|老婆|爱人|丈夫|妻子|爸|妈|爷爷|奶奶|外公|外婆|公公|婆婆|姥|儿子|女儿|朋友|同事|室友|"
     r"邻居|男朋友|女朋友|弟|妹|哥|姐|他|她"
 )
-PREVENTION = re.compile(r"预防|防止|避免|防范|怎么防|如何防|防(?:中暑|溺水|摔|蛇|烫)|注意什么安全|早点干预|及早发现")
-HEARSAY = re.compile(r"新闻|电视上|网上看到|纪录片|视频里|刷到|电影里|听说|看到有人|报道|上课讲")
+PREVENTION = re.compile(r"安全吗|要注意什么|预防|防止|避免|防范|怎么防|如何防|防(?:中暑|溺水|摔|蛇|烫)|注意什么安全|早点干预|及早发现")
+HEARSAY = re.compile(r"(?:邻居|同事|朋友|别人|人家|亲戚)(?:说|讲)|新闻|电视上|网上看到|纪录片|视频里|刷到|电影里|听说|看到有人|报道|上课讲")
 PAST = re.compile(
-    r"前段时间|前一段时间|前些天|前两天|前几天|有一天|那天|有一次|去年|前年|以前|之前|曾经|小时候|\d+年前|几年前|多年前|上个月|上周|上次|当年|当时|那次|半年前|\d+个月前|既往|有过|得过|"
+    r"前段时间|前一段时间|前些天|前两天|前几天|有一天|那天|有一次|去年|前年|以前|之前|曾经|小时候|\d+年前|[一两二三四五六七八九十几]+年前|几年前|多年前|上个月|上周|上次|当年|当时|那次|半年前|\d+个月前|既往|有过|得过|"
     r"生孩子的时候|前几年"
 )
 RESOLVED = re.compile(
     rf"已经好了|好了|恢复|稳定|控制得|正常|退了|出院|之后一直没|后来|救回来|抢救过来|治好|好多了|已经不|停药|拉出来了|"
-    rf"已经在医院|在医院治疗|送医院了|送到?医院|去了医院|住院|检查|确诊|诊断|医生说|现在{_C}{{0,6}}(?:好|还行|正常|稳定|没事)|复查|康复|后遗症|疤"
+    rf"偶尔|有时|时不时|已经在医院|在医院治疗|送医院了|送到?医院|去了医院|住院|检查|确诊|诊断|医生说|现在{_C}{{0,6}}(?:好|还行|正常|稳定|没事)|复查|康复|后遗症|疤"
 )
 # A question about caring for a condition already diagnosed ("癫痫病人能结婚吗", "哪家医院治疗X好").
 DIAGNOSED = re.compile(
@@ -109,6 +109,8 @@ _HYPERBOLE = (
         rf"(?:得{_C}{{0,4}}(?:死|窒息|晕|疯|喘不|透不过|吐血|要命)|死(?:了|我|人|啦))"
     ),
     re.compile(r"想死你|想你想死|(?:好|真)想死在床上|想死的心都有"),
+    re.compile(rf"得(?:我|人)?{_C}{{0,3}}都(?:要|快)?(?:断|废|瞎|散架|死|疯|炸)"),
+    re.compile(r"(?:腿|脚|腰|手|眼睛|脑子)都(?:要|快)(?:断|废|瞎|散架|炸)了"),
 )
 # With an everyday cause anywhere in the message, a consequence said as "要/快/差点/真是 ..." is figurative.
 _MODAL_FIGURATIVE = re.compile(rf"(?:要|快|差点|简直|真是|都要|得我|得人){_C}{{0,3}}(?:{_FIGURATIVE})")
@@ -120,7 +122,7 @@ def _clauses(text: str) -> list[str]:
 
 def strip_hyperbole(text: str) -> str:
     """`text` without its figurative clauses; a message that says it is joking loses every figurative clause."""
-    joking = "开玩笑" in text or "哈哈" in text
+    joking = re.search(r"(?<!不是)(?<!没)(?<!没有)开玩笑|哈哈", text) is not None
     everyday = re.search(_EVERYDAY_CAUSE, text) is not None
     kept = []
     for clause in re.split(rf"(?<=[{CLAUSE_END}])", text):

@@ -47,7 +47,7 @@ LEARNING_RATE = 0.05
 L2 = 1e-5
 # At most this share of held-out "none" texts may fire, per kind: hard negatives (labelled and generated)
 # and real consultation questions (background), whose fire rate must stay low in service.
-TARGET_FALSE_ALARM = {"labelled": 0.02, "generated": 0.02, "background": 0.005}
+TARGET_FALSE_ALARM = {"labelled": 0.01, "generated": 0.01, "background": 0.005}
 
 
 WHO = ("我", "我爸", "我妈", "孩子", "老公", "老婆", "奶奶", "爷爷", "宝宝", "家里老人", "同事", "我朋友", "")
@@ -75,6 +75,40 @@ SIGN_FRAMES = (
     "{d}是什么病的表现？考试会考吗",
     "急救课上老师讲了{d}该怎么处理，我没记住",
     "怎么预防{d}",
+)
+# Everyday complaints in the same patient frames as the emergencies, so that "who" and "when" words
+# (宝宝, 我爸, 刚才) carry no weight of their own.
+MILD = (
+    "流鼻涕打喷嚏",
+    "咳嗽两天了",
+    "吐奶了一次",
+    "有点拉肚子",
+    "低烧37.5度",
+    "嗓子有点疼",
+    "头有点晕，没睡好",
+    "膝盖有点疼",
+    "胃有点胀",
+    "皮肤起了几个红疹",
+    "便秘三天",
+    "牙龈出血",
+    "脸上长痘",
+    "有点失眠",
+    "眼睛干涩",
+    "腰酸背痛",
+    "手指划了个小口子",
+    "被蚊子咬了个包",
+    "吃完饭反酸",
+    "有点耳鸣",
+    "偏头痛又犯了，吃了药在休息",
+    "感冒了，鼻塞",
+    "肚子有点隐隐作痛，拉完就好了",
+    "血压145/90",
+    "空腹血糖6.5",
+    "月经推迟了一周",
+    "脚踝扭了一下，能走路",
+    "体检发现结节",
+    "老是打嗝",
+    "晚上小腿抽筋",
 )
 # Hyperbole is stripped before scoring; what is left of it ("今天加班到半夜，") must read as "none".
 HYPERBOLE = (
@@ -149,13 +183,21 @@ def hard_negatives(rng: random.Random) -> list[Example]:
             for frame in rng.sample(SIGN_FRAMES, 2):
                 examples.append(Example(_prepared(frame.format(d=sign)), NONE, "generated"))
     examples += [Example(_prepared(text), NONE, "generated") for text in HYPERBOLE]
+    for complaint in MILD:
+        for _ in range(12):
+            text = f"{rng.choice(WHO)}{rng.choice(WHEN)}{complaint}，{rng.choice(ASK)}"
+            examples.append(Example(_prepared(text), NONE, "generated"))
     return examples
 
 
 def background(shared_dir: Path, rules_fire: callable) -> list[Example]:  # type: ignore[valid-type]
     """Real consultation questions (train split) as "none", without those the rules fire on."""
-    texts = consultation_questions(shared_dir, "train")
-    return [Example(_prepared(t), NONE, "background") for t in texts if not rules_fire(t)]
+    texts = [t for t in consultation_questions(shared_dir, "train") if not rules_fire(t)]
+    examples = [Example(_prepared(t), NONE, "background") for t in texts]
+    # Single clauses too, so that short everyday messages ("周末太短了") read as "none".
+    rng = random.Random(SEED)
+    clauses = [c for t in rng.sample(texts, min(len(texts), 3000)) for c in rng.sample(_clauses(t), 1)]
+    return examples + [Example(_prepared(c), NONE, "background") for c in clauses]
 
 
 def build_examples(shared_dir: Path) -> list[Example]:
