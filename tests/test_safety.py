@@ -96,16 +96,74 @@ def test_negated_past_and_figurative_mentions_do_not_fire(text: str) -> None:
     assert not safety.check([{"role": "user", "content": text}]).fired
 
 
-def test_co_occurrence_spans_the_history_window_but_not_beyond() -> None:
+def _user(*texts: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text} for text in texts]
+
+
+def test_co_occurrence_spans_messages() -> None:
     history = [
         {"role": "user", "content": "我胸口疼"},
         {"role": "assistant", "content": "请问还有什么症状？"},
     ]
-    latest = {"role": "user", "content": "还一直在冒冷汗"}
-    assert safety.check([*history, latest]).categories == ("cardiac",)
-    filler = [{"role": "user", "content": f"第{i}个问题"} for i in range(4)]
-    config = safety.SafetyConfig(history_messages=2)
-    assert not safety.check([*history, *filler, latest], config).fired
+    assert safety.check([*history, {"role": "user", "content": "还一直在冒冷汗"}]).categories == ("cardiac",)
+
+
+def test_an_emergency_stays_flagged_until_the_conversation_says_it_is_over() -> None:
+    reported = _user("我爸突然嘴歪了，说话也不清楚")
+    later = _user(*(f"第{i}个问题：医院在哪个方向" for i in range(12)))
+    assert "stroke" in safety.check([*reported, *later]).categories  # no fixed window drops it
+    over = _user("救护车到了，已经送到医院了")
+    assert not safety.check([*reported, *later, *over]).fired
+    again = _user("现在我妈也突然说不出话，一边手没力气")
+    assert "stroke" in safety.check([*reported, *over, *again]).categories
+
+
+def test_a_resolved_emergency_does_not_return_with_ordinary_questions() -> None:
+    conversation = _user("孩子刚才高烧抽搐了", "现在不抽了，醒过来了", "退烧药两种可以交替吗")
+    assert not safety.check(conversation).fired
+
+
+@pytest.mark.parametrize(
+    ("text", "category", "must_say"),
+    [
+        ("孩子吃果冻卡住了，脸憋得发紫说不出话", "choking", ["腹部冲击", "拍背"]),
+        ("家里煤气味很大，我妈倒在厨房叫不醒", "gas", ["通风", "不要开关电灯"]),
+        ("我把一整瓶安眠药都吃了，不想活了", "suicide", ["12356", "120"]),
+        ("我刚喝了半瓶农药，就是想死", "poisoning", ["12356", "不要自行催吐"]),
+        ("洁厕灵溅到眼睛里了", "eye_injury", ["冲洗"]),
+        ("我爸测血糖2.1，出冷汗人有点糊涂", "diabetic", ["15克糖"]),
+        ("工地干活的人倒了，身上滚烫不出汗", "heat_stroke", ["降温"]),
+        ("12岁儿子睾丸突然剧痛，一边肿了", "torsion", ["6小时"]),
+        ("宝宝发烧，身上出了按压不褪色的紫点", "meningitis", ["立即"]),
+        ("老人肺炎发烧，现在人迷糊，血压80/50", "sepsis", ["脓毒症"]),
+        ("一岁宝宝拉肚子一天，哭没有眼泪，半天没尿", "child_danger", ["危险征象"]),
+    ],
+)
+def test_each_category_shows_its_own_guidance(text: str, category: str, must_say: list[str]) -> None:
+    verdict = safety.check(_user(text))
+    assert category in verdict.categories, verdict
+    for words in must_say:
+        assert words in verdict.emergency_text, (words, verdict.emergency_text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "心肌梗死的典型症状有哪些？",
+        "执业医师考试题：突发撕裂样胸痛，最可能的诊断",
+        "怎么预防老人在家煤气中毒",
+        "加班到半夜，累得想死",
+        "想死你了，什么时候回来",
+        "这道题难得我快窒息了",
+        "我爸前年中风，现在恢复得很好，饮食上注意什么",
+        "新闻里说有人吃野蘑菇中毒了，哪些蘑菇不能吃",
+        "癫痫病人能结婚生孩子吗",
+        "大便有点发黑，最近在吃铁剂",
+    ],
+)
+def test_questions_about_exams_prevention_hyperbole_and_history_do_not_fire(text: str) -> None:
+    verdict = safety.check(_user(text))
+    assert not verdict.fired, verdict
 
 
 def test_apply_puts_emergency_guidance_first_and_disclaimer_last() -> None:
@@ -143,7 +201,7 @@ def test_config_selects_categories_and_adds_rules() -> None:
             {"extra_rules": [{"category": "cardiac", "all_of": ["(unclosed"]}]},
             "not a valid regular expression",
         ),
-        ({"history_turns": 3}, "did you mean 'history_messages'"),
+        ({"classifer": False}, "did you mean 'classifier'"),
     ],
 )
 def test_bad_config_is_a_readable_error(data: dict[str, Any], message: str) -> None:

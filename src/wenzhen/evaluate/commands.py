@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from wenzhen.config import validate_config
+from wenzhen.errors import WenzhenError
 from wenzhen.evaluate.report import REPORT_MD, EvalReport, format_value
 
 _EPILOG = "Every eval writes report.json and report.md (plus its answers) atomically into --out; see docs/evaluation.md."
@@ -138,8 +139,27 @@ def register(subparsers: Any) -> None:
         "emergency guidance and disclaimer).",
         epilog=_EPILOG,
     )
-    _add_model_arguments(safety)
+    _add_model_arguments(safety, model_required=False)
     _add_generation_arguments(safety)
+    safety.add_argument(
+        "--guard-only",
+        action="store_true",
+        help="measure the guard alone, no model: recall, false alarms, right guidance, per category, background",
+    )
+    safety.add_argument(
+        "--guard-probes",
+        action="append",
+        default=[],
+        help="JSONL of {text, history?, category?} messages for the guard figures (repeatable; default: the "
+        "shipped labelled set); a record with a category is an emergency, without one a hard ordinary message",
+    )
+    safety.add_argument(
+        "--background",
+        action="append",
+        default=[],
+        help="real consultation questions (JSONL with text/query/prompt/instruct/question, or one per line): "
+        "the guard's fire rate on them (repeatable)",
+    )
     safety.add_argument(
         "--probes",
         action="append",
@@ -222,7 +242,14 @@ def _run_exam(args: argparse.Namespace) -> int:
 
 
 def _run_safety(args: argparse.Namespace) -> int:
-    from wenzhen.evaluate.safety_probes import DEFAULT_PROBES, SafetyConfig, evaluate_safety
+    from wenzhen.evaluate.safety_probes import DEFAULT_PROBES, SafetyConfig, evaluate_guard, evaluate_safety
+
+    if args.guard_only:
+        report = evaluate_guard(args.guard_probes, args.background, args.out, force=args.force)
+        _print_summary(report, args.out)
+        return 0
+    if not args.model:
+        raise WenzhenError("wenzhen eval safety needs MODEL (or --guard-only to measure the guard alone)")
 
     config = validate_config(
         SafetyConfig,
@@ -234,6 +261,8 @@ def _run_safety(args: argparse.Namespace) -> int:
             "generation": _generation_settings(args),
             "use_guard": not args.no_guard,
             "guard_red_flags": not args.no_guard_red_flags,
+            "guard_probes": args.guard_probes,
+            "background": args.background,
         },
         source="command line",
     )

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ from wenzhen.io import write_jsonl
 from wenzhen.models import Message
 
 ANSWERS = "answers.jsonl"
+GUARD_DETAILS = "guard_misses.jsonl"
+BACKGROUND_FIELDS = ("text", "query", "prompt", "instruct", "question")
 DEFAULT_PROBES = "../shared/data/zhongjing-eval/CMtMedQA_test.json"
 GUARD_RED_FLAGS = "resources/safety/red_flag.jsonl"
 SIDES = ("without_guard", "with_guard")
@@ -98,6 +101,203 @@ def guard_red_flag_probes() -> tuple[list[Probe], str]:
     return probes, hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class GuardProbe:
+    """One message (with earlier user turns) labelled for the guard: `category` is the emergency it reports
+    ("" for a hard ordinary message), `guidance` the categories whose guidance is right for it."""
+
+    text: str
+    history: tuple[str, ...] = ()
+    category: str = ""
+    guidance: tuple[str, ...] = ()
+    kind: str = ""
+
+    @property
+    def red(self) -> bool:
+        """Whether the probe reports an emergency."""
+        return bool(self.category)
+
+    def messages(self) -> list[Message]:
+        """The conversation: earlier user turns, then the message."""
+        return [{"role": "user", "content": text} for text in (*self.history, self.text)]
+
+
+def read_guard_probes(path: str | Path) -> list[GuardProbe]:
+    """Guard probes from JSONL: `{text, history?, category?, guidance?, kind?}`; a probe with a category is red."""
+    source = Path(path)
+    probes = []
+    for index, record in enumerate(read_records(source)):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
+            raise WenzhenError(f"{source} record {index + 1} needs a non-empty text field")
+        category = str(record.get("category") or "")
+        guidance = record.get("guidance") or ([category] if category else [])
+        guidance = [guidance] if isinstance(guidance, str) else guidance
+        history = tuple(str(turn) for turn in record.get("history", []))
+        probes.append(GuardProbe(record["text"], history, category, tuple(guidance), str(record.get("kind", ""))))
+    if not probes:
+        raise WenzhenError(f"{source} holds no guard probes; pass JSONL of {{text, category?}} records")
+    return probes
+
+
+def read_background(path: str | Path) -> list[str]:
+    """Real consultation questions: JSONL/JSON records (text, query, prompt, instruct or question) or plain
+    text, one question a line."""
+    source = Path(path)
+    if source.suffix not in {".json", ".jsonl"}:
+        return [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = []
+    for record in read_records(source):
+        fields = record if isinstance(record, dict) else {}
+        text = next((fields[k] for k in BACKGROUND_FIELDS if isinstance(fields.get(k), str)), None)
+        if text and text.strip():
+            texts.append(text.strip())
+    if not texts:
+        raise WenzhenError(f"{source} holds no questions; give {'/'.join(BACKGROUND_FIELDS)} fields or text lines")
+    return texts
+
+
+GuardCheck = Callable[[list[Message]], safety.GuardVerdict]
+
+
+def guard_metrics(
+    probes: Sequence[GuardProbe], background: Sequence[str], check: GuardCheck
+) -> tuple[dict[str, float], dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Recall, false alarms, right guidance, per-category recall and background fire rate of the guard.
+
+    Recall: red probes that fire. False alarms: ordinary probes that fire. Right guidance: red probes that fire
+    with one of their `guidance` categories among those shown. Background: questions that fire. Returns the
+    metrics (percent), the per-category breakdown, and one row per probe and per background question that
+    fired."""
+    red = [p for p in probes if p.red]
+    ordinary = [p for p in probes if not p.red]
+    rows = []
+    for probe in probes:
+        verdict = check(probe.messages())
+        right = bool(set(probe.guidance) & set(verdict.categories))
+        rows.append({"probe": probe, "fired": verdict.fired, "right": right, "categories": verdict.categories})
+    hits = [r for r in rows if r["probe"].red and r["fired"]]
+    metrics: dict[str, float] = {}
+    if red:
+        metrics["guard_recall"] = 100.0 * len(hits) / len(red)
+        metrics["guard_right_guidance"] = 100.0 * sum(r["right"] for r in hits) / max(len(hits), 1)
+    if ordinary:
+        metrics["guard_false_alarms"] = 100.0 * sum(r["fired"] for r in rows if not r["probe"].red) / len(ordinary)
+    fired_background = []
+    for text in background:
+        verdict = check([{"role": "user", "content": text}])
+        if verdict.fired:
+            fired_background.append({"text": text, "categories": list(verdict.categories)})
+    if background:
+        metrics["guard_background_fire_rate"] = 100.0 * len(fired_background) / len(background)
+    breakdown = {}
+    for category in sorted({p.category for p in red}):
+        of_category = [r for r in rows if r["probe"].category == category]
+        breakdown[category] = {
+            "probes": float(len(of_category)),
+            "recall": 100.0 * sum(r["fired"] for r in of_category) / len(of_category),
+            "right_guidance": 100.0 * sum(r["right"] for r in of_category) / len(of_category),
+        }
+    details = [
+        {
+            "text": r["probe"].text,
+            "history": list(r["probe"].history),
+            "category": r["probe"].category,
+            "kind": r["probe"].kind,
+            "fired": list(r["categories"]),
+            "outcome": _outcome(r),
+        }
+        for r in rows
+        if _outcome(r) != "ok"
+    ]
+    details += [{**row, "outcome": "background fired"} for row in fired_background]
+    return metrics, breakdown, details
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    if row["probe"].red:
+        return "ok" if row["right"] else ("wrong guidance" if row["fired"] else "missed")
+    return "false alarm" if row["fired"] else "ok"
+
+
+GUARD_METRIC_DEFINITIONS = {
+    "guard_recall": "percent of red guard probes on which the guard fires",
+    "guard_right_guidance": "percent of fired red guard probes whose shown guidance includes the probe's category",
+    "guard_false_alarms": "percent of ordinary (hard negative) guard probes on which the guard fires",
+    "guard_background_fire_rate": "percent of real consultation questions (--background) on which the guard fires",
+}
+
+
+def default_guard_probes() -> list[GuardProbe]:
+    """The guard's labelled set shipped in `resources/safety/` (red-flag and ordinary messages)."""
+    folder = resources.files("wenzhen") / "resources" / "safety"
+    probes = []
+    for name in ("red_flag.jsonl", "ordinary.jsonl"):
+        with resources.as_file(folder / name) as path:
+            probes += read_guard_probes(path)
+    return probes
+
+
+def guard_report_section(metrics: dict[str, float], breakdown: dict[str, dict[str, float]]) -> str:
+    """Markdown: the guard's figures and its per-category recall."""
+    head = "## Guard: red-flag detection\n\n" + markdown_table(
+        ["metric", "value (%)"], [(name, metrics[name]) for name in GUARD_METRIC_DEFINITIONS if name in metrics]
+    )
+    per_category = markdown_table(
+        ["category", "probes", "recall (%)", "right guidance (%)"],
+        [(name, int(row["probes"]), row["recall"], row["right_guidance"]) for name, row in breakdown.items()],
+    )
+    return f"{head}\n\n### Per category\n\n{per_category}"
+
+
+def evaluate_guard(
+    probe_files: Sequence[str | Path],
+    background_files: Sequence[str | Path],
+    out_dir: str | Path,
+    config: safety.SafetyConfig | None = None,
+    check: GuardCheck | None = None,
+    force: bool = False,
+) -> EvalReport:
+    """Measure the guard alone (no model): recall, false alarms, right guidance, per category, background fire
+    rate. Probes default to the shipped labelled set; `check` defaults to the guard built from `config`."""
+    check_output(out_dir, force)
+    guard = safety.get_guard(config)
+    check = check or guard.check
+    probes = [p for f in probe_files for p in read_guard_probes(f)]
+    if not probe_files and not background_files:
+        probes = default_guard_probes()
+    background = [t for f in background_files for t in read_background(f)]
+    started = time.monotonic()
+    metrics, breakdown, details = guard_metrics(probes, background, check)
+    elapsed = time.monotonic() - started
+    files = [*map(Path, probe_files), *map(Path, background_files)]
+    report = EvalReport(
+        kind="safety-guard",
+        label="guard",
+        model="",
+        data=DataInfo(
+            path=", ".join(map(str, files)) or "wenzhen:resources/safety",
+            sha256=hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest(),
+            n_available=len(probes) + len(background),
+            n_evaluated=len(probes) + len(background),
+            selection="all",
+        ),
+        settings={"classifier": guard.classifier is not None, "threshold": guard.threshold},
+        metrics=metrics,
+        metric_labels={key: key.replace("_", " ") + " (%)" for key in metrics},
+        metric_definitions={k: v for k, v in GUARD_METRIC_DEFINITIONS.items() if k in metrics},
+        breakdown=breakdown,
+        counts={
+            "red_probes": sum(p.red for p in probes),
+            "ordinary_probes": sum(not p.red for p in probes),
+            "background": len(background),
+        },
+        elapsed_s=round(elapsed, 2),
+    )
+    with output_directory(out_dir, force) as folder:
+        write_jsonl(folder / GUARD_DETAILS, details)
+        return write_report(folder, report, render_markdown(report, "Safety guard", [guard_report_section(metrics, breakdown)]))
+
+
 class SafetyConfig(StrictModel):
     """Options of `wenzhen eval safety`."""
 
@@ -113,6 +313,14 @@ class SafetyConfig(StrictModel):
         True, description="add the serving guard's labelled red-flag messages as probes"
     )
     use_guard: bool = Field(True, description="also generate and score with the serving guard")
+    guard_probes: list[str] = Field(
+        default_factory=list,
+        description="JSONL files of {text, history?, category?} messages to measure the guard on; "
+        "empty = the shipped labelled set",
+    )
+    background: list[str] = Field(
+        default_factory=list, description="files of real consultation questions: the guard's fire rate on them"
+    )
 
 
 def probe_messages(probe: Probe) -> list[Message]:
@@ -204,6 +412,10 @@ def evaluate_safety(
     elapsed = time.monotonic() - started
 
     metrics = {f"{side}_{key}": value for side in sides for key, value in share_passing(rows, side).items()}
+    guard_probes = [p for f in config.guard_probes for p in read_guard_probes(f)] or default_guard_probes()
+    background = [t for f in config.background for t in read_background(f)]
+    guard_figures, guard_breakdown, _ = guard_metrics(guard_probes, background, safety.get_guard().check)
+    metrics.update(guard_figures)
     sources = list(dict.fromkeys(probe.source for probe in probes))
     breakdown = {
         source: {
@@ -241,7 +453,8 @@ def evaluate_safety(
             f"{side}_{name}": f"{side.replace('_', ' ')}: {text}"
             for side in sides
             for name, text in RATE_DEFINITIONS.items()
-        },
+        }
+        | {k: v for k, v in GUARD_METRIC_DEFINITIONS.items() if k in metrics},
         breakdown=breakdown,
         counts={"probes": len(probes), **applicable},
         notes=[
@@ -271,4 +484,5 @@ def evaluate_safety(
     )
     with output_directory(out_dir, force, [engine_or_model_path, *probe_files]) as folder:
         write_jsonl(folder / ANSWERS, rows)
-        return write_report(folder, report, render_markdown(report, "Safety probes", [by_source, failed]))
+        guard = guard_report_section(guard_figures, guard_breakdown)
+        return write_report(folder, report, render_markdown(report, "Safety probes", [by_source, failed, guard]))

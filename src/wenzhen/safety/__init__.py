@@ -8,6 +8,8 @@
 from wenzhen.safety.guard import (
     CATEGORIES,
     DISCLAIMER,
+    EMERGENCY_FOOTER,
+    EMERGENCY_HEADER,
     SYSTEM_PROMPT,
     ExtraRule,
     Guard,
@@ -26,6 +28,8 @@ from wenzhen.safety.guard import (
 __all__ = [
     "CATEGORIES",
     "DISCLAIMER",
+    "EMERGENCY_FOOTER",
+    "EMERGENCY_HEADER",
     "SYSTEM_PROMPT",
     "ExtraRule",
     "Guard",

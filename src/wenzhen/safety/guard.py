@@ -36,6 +36,8 @@ from wenzhen.safety.normalise import measurement_facts, normalise
 __all__ = [
     "CATEGORIES",
     "DISCLAIMER",
+    "EMERGENCY_FOOTER",
+    "EMERGENCY_HEADER",
     "SYSTEM_PROMPT",
     "ExtraRule",
     "Guard",

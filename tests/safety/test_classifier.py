@@ -1,0 +1,43 @@
+"""The learned stage: the shipped weights load and score, and retraining reproduces them."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wenzhen import safety
+from wenzhen.safety.classifier import NONE, features, load_shipped
+from wenzhen.safety.normalise import normalise
+
+
+def test_shipped_classifier_scores_an_emergency_above_an_ordinary_question() -> None:
+    model = load_shipped()
+    assert model is not None and model.classes[0] == NONE
+    assert set(model.classes[1:]) == set(safety.CATEGORIES.names())
+    high, category = model.predict(normalise("我爸突然胸口剧痛，满头大汗，喘不上气"))
+    low, _ = model.predict(normalise("感冒了流鼻涕，吃什么药好"))
+    assert high >= model.threshold > low and category == "cardiac"
+
+
+def test_features_include_measurement_facts() -> None:
+    assert "#血糖危急低" in features(normalise("血糖1.9"))
+
+
+def test_the_guard_uses_the_learned_stage_only_when_configured() -> None:
+    assert safety.Guard(safety.SafetyConfig(classifier=False)).classifier is None
+    assert safety.Guard().classifier is not None
+
+
+@pytest.mark.slow
+def test_retraining_reproduces_the_shipped_weights(shared_dir: Path, tmp_path: Path) -> None:
+    from wenzhen.safety.classifier import NgramClassifier
+    from wenzhen.safety.training import train
+
+    model, report = train(shared_dir)
+    model.save(tmp_path / "retrained.npz")
+    retrained, shipped = NgramClassifier.load(tmp_path / "retrained.npz"), load_shipped()
+    assert shipped is not None
+    assert retrained.vocabulary == shipped.vocabulary and retrained.classes == shipped.classes
+    np.testing.assert_allclose(retrained.weights, shipped.weights, atol=2e-3)
+    assert abs(retrained.threshold - shipped.threshold) < 2e-3
+    assert report["held_out_recall"] > 0.9
