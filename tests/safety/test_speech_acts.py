@@ -15,7 +15,7 @@ from wenzhen.safety.speech import Act, is_resolution, speech_act, strip_hyperbol
         ("写小说，主角被毒蛇咬了，症状怎么写", Act.EXAM),
         ("中风的早期表现是什么", Act.ABOUT),
         ("怎么预防孩子误服药物", Act.PREVENTION),
-        ("看纪录片说中风要在4.5小时内送医，是真的吗", Act.HEARSAY),
+        ("看纪录片说中风要在4.5小时内送医", Act.HEARSAY),
         ("去年心梗放了支架，现在恢复得很好", Act.PAST),
         ("哪家医院治疗癫痫比较好", Act.DIAGNOSED),
         ("去年中过风，今天又突然说不出话", Act.REPORT),

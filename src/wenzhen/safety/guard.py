@@ -72,6 +72,8 @@ _NEGATION = re.compile(
     r"(?:没有|没|无|未|否认|不是|并非|从未|从没)(?!想到|多久|过多久|一会|缘无故|法|论|满|足|数|用|见好|止住|精神|力|劲|尿|眼泪|反应|呼吸|心跳|气|了)"
     rf"[^{CLAUSE_END}]{{0,3}}$"
 )
+# "没有口唇肿胀、腹痛、呼吸困难": a negation covers every item of the list that follows it.
+_NEGATED_LIST = re.compile(rf"(?:没有|没|无|未|否认|不伴有?)[^{CLAUSE_END}]{{0,40}}、[^{CLAUSE_END}、]{{0,3}}$")
 _HISTORY = re.compile(
     rf"(?:以前|之前|曾经|去年|前年|小时候|几年前|多年前|\d+年前|[一两二三四五六七八九十]+年前|半年前|几个月前|\d+个月前|上个月|上次|上周|当年|当时|既往|病史|有过|得过)[^{CLAUSE_END}]*$"
 )
@@ -186,7 +188,7 @@ def _affirmed_match(pattern: re.Pattern[str], text: str) -> str | None:
     """The first match of `pattern` that is neither negated nor past history in its clause."""
     for match in pattern.finditer(text):
         prefix = _clause_prefix(text, match.start())
-        if _NEGATION.search(prefix) or _HISTORY.search(prefix):
+        if _NEGATION.search(prefix) or _NEGATED_LIST.search(prefix) or _HISTORY.search(prefix):
             continue
         return match.group(0)
     return None

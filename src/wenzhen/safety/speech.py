@@ -3,7 +3,8 @@
 The same words mean different things in "我爸嘴歪了，说话不清" and "中风的早期表现是什么，嘴歪说话不清吗".
 The guard counts a message's red-flag content only when the message is a **report**. It is not when it is
 
-- an **exam or teaching** context (考试题, 选择题, 病例分析, 讲课, 小说, 剧本 ...);
+- an **exam or teaching** context (考试题, 选择题, 病例分析, 讲课, 小说, 剧本 ...), or a clinical case
+  vignette about a third person (一名28岁女性患者出现…) that does not speak in the first person;
 - a **question about a condition** (有哪些症状, 是什么, 怎么区分, 的定义 ...) with no person and no "now";
 - **prevention** (怎么预防, 防止, 避免) with no "now";
 - **hearsay or media** (新闻, 电视上, 视频里, 听说) with no "now";
@@ -51,6 +52,12 @@ EXAM = re.compile(
     r"上课|讲课|课上|教学|培训|演练|竞赛|出(?:几道|一份|一些|一道)?题|小说|剧本|电视剧|拍戏|演一个|扮演|怎样演|怎么演|"
     r"写一篇|文案|海报|科普|口诀|问卷|量表|[a-d]\.\D{1,12}[b-e]\.|药理学|儿科学|解剖课|心理学作业|急救知识|急救课"
 )
+# A clinical case vignette written about a third person, as in textbooks and exams ("一名28岁女性患者出现昏迷").
+CASE_VIGNETTE = re.compile(
+    rf"(?:一名|一位|某|该){_C}{{0,8}}(?:男性|女性|患者|病人|男孩|女孩|女童|男童|孕妇|产妇|老人|男子|女子|儿童|婴儿|新生儿)|"
+    rf"^(?:患者|病人)|(?:[张李王赵刘陈杨黄吴周][先女]士|小[红明刚丽华])(?:因|出现|患|是|在|,)"
+)
+FIRST_PERSON = re.compile(r"我|俺|咱")
 ABOUT = re.compile(
     rf"有哪些|有些什么|有什么|哪几|是什么|什么是|的症状|的表现|有什么(?:区别|不同|表现)|{_C}{{0,12}}(?:区别|不同)|怎么区分|如何区分|的定义|定义是|"
     rf"的原因|诱因|机制|为什么|会传染|遗传|死亡率|多少算|正常值|标准是|的诊断|怎么识别|如何识别|识别法|适用于|是指|几种|类型|分类|种类|是什么意思|有什么前兆|前兆|怎么开展|干预热线|"
@@ -75,7 +82,8 @@ DIAGNOSED = re.compile(
     r"确诊|诊断|查出|检查(?:说|发现|发觉|结果)|医生说是|发觉是|得了|患有|患了|病人|患者|病史|多年|老毛病|一直有|\d+年了|几年了"
 )
 CARE_QUESTION = re.compile(
-    r"治疗|治好|根治|医院|费用|多少钱|吃什么|饮食|注意什么|调理|康复|复查|遗传|结婚|生子|能不能|可以{0,8}吗|有用吗|效果|"
+    rf"治疗|治好|根治|医院|费用|多少钱|吃什么|饮食|注意什么|调理|康复|复查|遗传|结婚|生子|能不能|可以{_C}{{0,8}}吗|"
+    rf"能{_C}{{0,8}}吗|有用吗|效果|有哪些|是什么|什么是|因素|"
     r"方法|偏方|药物|检查出|预兆|怎么治|如何治|宜食|食疗|吃啥|吃哪些|哪里|哪家|彻底"
 )
 # Names of conditions people ask about once diagnosed; with a care question the message is about the condition.
@@ -138,12 +146,15 @@ def strip_hyperbole(text: str) -> str:
 
 def speech_act(text: str) -> Act:
     """What one normalised user message does (see the module docstring)."""
-    if EXAM.search(text):
+    if EXAM.search(text) or (CASE_VIGNETTE.search(text) and not FIRST_PERSON.search(text)):
         return Act.EXAM
     if STRONG_NOW.search(text):
         return Act.REPORT
     if (PAST.search(text) and RESOLVED.search(text)) or RESOLVED_SAME_MESSAGE.search(text):
         return Act.PAST
+    asks_about = ABOUT.search(text) and not PERSON.search(ASKER.sub("", text))
+    if asks_about and not WEAK_NOW.search(text):
+        return Act.ABOUT
     if CARE_QUESTION.search(text) and (DIAGNOSED.search(text) or CONDITION.search(text)):
         return Act.DIAGNOSED
     if WEAK_NOW.search(text):
@@ -152,9 +163,7 @@ def speech_act(text: str) -> Act:
         return Act.HEARSAY
     if PREVENTION.search(text):
         return Act.PREVENTION
-    if ABOUT.search(text) and not PERSON.search(ASKER.sub("", text)):
-        return Act.ABOUT
-    return Act.REPORT
+    return Act.ABOUT if asks_about else Act.REPORT
 
 
 def is_resolution(text: str) -> bool:

@@ -69,9 +69,11 @@ ABOUT_FRAMES = (
     "新闻里说有人{c}，我有点害怕，平时怎么预防",
     "{c}病人能吃什么水果",
 )
+# Negations of every sign are always written: the n-gram model has no other way to learn that "没有" undoes
+# the words after it.
+NEGATION_FRAMES = ("没有{d}，就是有点累", "我没有{d}，只是最近睡不好", "{who}并没有{d}，精神还可以")
 SIGN_FRAMES = (
     "以前有过{d}，后来治好了，现在没什么不舒服",
-    "没有{d}，就是有点累",
     "{d}是什么病的表现？考试会考吗",
     "急救课上老师讲了{d}该怎么处理，我没记住",
     "怎么预防{d}",
@@ -182,6 +184,9 @@ def hard_negatives(rng: random.Random) -> list[Example]:
         for sign in category.discriminators:
             for frame in rng.sample(SIGN_FRAMES, 2):
                 examples.append(Example(_prepared(frame.format(d=sign)), NONE, "generated"))
+            for frame in NEGATION_FRAMES:
+                text = frame.format(d=sign, who=rng.choice(WHO))
+                examples.append(Example(_prepared(text), NONE, "generated"))
     examples += [Example(_prepared(text), NONE, "generated") for text in HYPERBOLE]
     for complaint in MILD:
         for _ in range(12):
