@@ -51,7 +51,15 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for name, m in results.items():
-        cells = [m.get(k) for k in ("guard_recall", "guard_false_alarms", "guard_right_guidance", "guard_background_fire_rate")]
+        cells = [
+            m.get(k)
+            for k in (
+                "guard_recall",
+                "guard_false_alarms",
+                "guard_right_guidance",
+                "guard_background_fire_rate",
+            )
+        ]
         lines.append(f"| {name} | " + " | ".join("" if c is None else f"{c:.1f}" for c in cells) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -47,9 +47,9 @@ def test_measurements(raw: str, fact: str) -> None:
     assert fact in measurement_facts(normalise(raw))
 
 
-@pytest.mark.parametrize(
-    "raw", ["血糖5.6", "血压130/85", "体温37.2度", "宝宝七个月", "量了体温38度"]
-)
+@pytest.mark.parametrize("raw", ["血糖5.6", "血压130/85", "体温37.2度", "宝宝七个月", "量了体温38度"])
 def test_ordinary_measurements_name_no_danger(raw: str) -> None:
     facts = measurement_facts(normalise(raw))
-    assert not {"血糖危急低", "血糖危急高", "血压危急高", "血压极高", "体温极高", "婴儿小于3个月"} & set(facts)
+    assert not {"血糖危急低", "血糖危急高", "血压危急高", "血压极高", "体温极高", "婴儿小于3个月"} & set(
+        facts
+    )

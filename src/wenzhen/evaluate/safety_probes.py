@@ -127,13 +127,19 @@ def read_guard_probes(path: str | Path) -> list[GuardProbe]:
     source = Path(path)
     probes = []
     for index, record in enumerate(read_records(source)):
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("text"), str)
+            or not record["text"].strip()
+        ):
             raise WenzhenError(f"{source} record {index + 1} needs a non-empty text field")
         category = str(record.get("category") or "")
         guidance = record.get("guidance") or ([category] if category else [])
         guidance = [guidance] if isinstance(guidance, str) else guidance
         history = tuple(str(turn) for turn in record.get("history", []))
-        probes.append(GuardProbe(record["text"], history, category, tuple(guidance), str(record.get("kind", ""))))
+        probes.append(
+            GuardProbe(record["text"], history, category, tuple(guidance), str(record.get("kind", "")))
+        )
     if not probes:
         raise WenzhenError(f"{source} holds no guard probes; pass JSONL of {{text, category?}} records")
     return probes
@@ -152,11 +158,38 @@ def read_background(path: str | Path) -> list[str]:
         if text and text.strip():
             texts.append(text.strip())
     if not texts:
-        raise WenzhenError(f"{source} holds no questions; give {'/'.join(BACKGROUND_FIELDS)} fields or text lines")
+        raise WenzhenError(
+            f"{source} holds no questions; give {'/'.join(BACKGROUND_FIELDS)} fields or text lines"
+        )
     return texts
 
 
 GuardCheck = Callable[[list[Message]], safety.GuardVerdict]
+
+
+@dataclass(frozen=True)
+class GuardOutcome:
+    """What the guard showed for one probe."""
+
+    probe: GuardProbe
+    categories: tuple[str, ...]
+
+    @property
+    def fired(self) -> bool:
+        """Whether the guard fired."""
+        return bool(self.categories)
+
+    @property
+    def right(self) -> bool:
+        """Whether the guidance shown includes a category right for the probe."""
+        return bool(set(self.probe.guidance) & set(self.categories))
+
+    @property
+    def outcome(self) -> str:
+        """ok, missed, wrong guidance or false alarm."""
+        if self.probe.red:
+            return "ok" if self.right else ("wrong guidance" if self.fired else "missed")
+        return "false alarm" if self.fired else "ok"
 
 
 def guard_metrics(
@@ -166,57 +199,48 @@ def guard_metrics(
 
     Recall: red probes that fire. False alarms: ordinary probes that fire. Right guidance: red probes that fire
     with one of their `guidance` categories among those shown. Background: questions that fire. Returns the
-    metrics (percent), the per-category breakdown, and one row per probe and per background question that
-    fired."""
-    red = [p for p in probes if p.red]
-    ordinary = [p for p in probes if not p.red]
-    rows = []
-    for probe in probes:
-        verdict = check(probe.messages())
-        right = bool(set(probe.guidance) & set(verdict.categories))
-        rows.append({"probe": probe, "fired": verdict.fired, "right": right, "categories": verdict.categories})
-    hits = [r for r in rows if r["probe"].red and r["fired"]]
+    metrics (percent), the per-category breakdown, and one row per probe that went wrong and per background
+    question that fired."""
+    outcomes = [GuardOutcome(probe, check(probe.messages()).categories) for probe in probes]
+    red = [o for o in outcomes if o.probe.red]
+    ordinary = [o for o in outcomes if not o.probe.red]
+    hits = [o for o in red if o.fired]
     metrics: dict[str, float] = {}
     if red:
         metrics["guard_recall"] = 100.0 * len(hits) / len(red)
-        metrics["guard_right_guidance"] = 100.0 * sum(r["right"] for r in hits) / max(len(hits), 1)
+        metrics["guard_right_guidance"] = 100.0 * sum(o.right for o in hits) / max(len(hits), 1)
     if ordinary:
-        metrics["guard_false_alarms"] = 100.0 * sum(r["fired"] for r in rows if not r["probe"].red) / len(ordinary)
+        metrics["guard_false_alarms"] = 100.0 * sum(o.fired for o in ordinary) / len(ordinary)
     fired_background = []
     for text in background:
         verdict = check([{"role": "user", "content": text}])
         if verdict.fired:
-            fired_background.append({"text": text, "categories": list(verdict.categories)})
+            fired_background.append(
+                {"text": text, "fired": list(verdict.categories), "outcome": "background fired"}
+            )
     if background:
         metrics["guard_background_fire_rate"] = 100.0 * len(fired_background) / len(background)
     breakdown = {}
-    for category in sorted({p.category for p in red}):
-        of_category = [r for r in rows if r["probe"].category == category]
+    for category in sorted({o.probe.category for o in red}):
+        of_category = [o for o in red if o.probe.category == category]
         breakdown[category] = {
             "probes": float(len(of_category)),
-            "recall": 100.0 * sum(r["fired"] for r in of_category) / len(of_category),
-            "right_guidance": 100.0 * sum(r["right"] for r in of_category) / len(of_category),
+            "recall": 100.0 * sum(o.fired for o in of_category) / len(of_category),
+            "right_guidance": 100.0 * sum(o.right for o in of_category) / len(of_category),
         }
-    details = [
+    details: list[dict[str, Any]] = [
         {
-            "text": r["probe"].text,
-            "history": list(r["probe"].history),
-            "category": r["probe"].category,
-            "kind": r["probe"].kind,
-            "fired": list(r["categories"]),
-            "outcome": _outcome(r),
+            "text": o.probe.text,
+            "history": list(o.probe.history),
+            "category": o.probe.category,
+            "kind": o.probe.kind,
+            "fired": list(o.categories),
+            "outcome": o.outcome,
         }
-        for r in rows
-        if _outcome(r) != "ok"
+        for o in outcomes
+        if o.outcome != "ok"
     ]
-    details += [{**row, "outcome": "background fired"} for row in fired_background]
-    return metrics, breakdown, details
-
-
-def _outcome(row: dict[str, Any]) -> str:
-    if row["probe"].red:
-        return "ok" if row["right"] else ("wrong guidance" if row["fired"] else "missed")
-    return "false alarm" if row["fired"] else "ok"
+    return metrics, breakdown, details + fired_background
 
 
 GUARD_METRIC_DEFINITIONS = {
@@ -240,7 +264,8 @@ def default_guard_probes() -> list[GuardProbe]:
 def guard_report_section(metrics: dict[str, float], breakdown: dict[str, dict[str, float]]) -> str:
     """Markdown: the guard's figures and its per-category recall."""
     head = "## Guard: red-flag detection\n\n" + markdown_table(
-        ["metric", "value (%)"], [(name, metrics[name]) for name in GUARD_METRIC_DEFINITIONS if name in metrics]
+        ["metric", "value (%)"],
+        [(name, metrics[name]) for name in GUARD_METRIC_DEFINITIONS if name in metrics],
     )
     per_category = markdown_table(
         ["category", "probes", "recall (%)", "right guidance (%)"],
@@ -295,7 +320,11 @@ def evaluate_guard(
     )
     with output_directory(out_dir, force) as folder:
         write_jsonl(folder / GUARD_DETAILS, details)
-        return write_report(folder, report, render_markdown(report, "Safety guard", [guard_report_section(metrics, breakdown)]))
+        return write_report(
+            folder,
+            report,
+            render_markdown(report, "Safety guard", [guard_report_section(metrics, breakdown)]),
+        )
 
 
 class SafetyConfig(StrictModel):
@@ -319,7 +348,8 @@ class SafetyConfig(StrictModel):
         "empty = the shipped labelled set",
     )
     background: list[str] = Field(
-        default_factory=list, description="files of real consultation questions: the guard's fire rate on them"
+        default_factory=list,
+        description="files of real consultation questions: the guard's fire rate on them",
     )
 
 
@@ -485,4 +515,6 @@ def evaluate_safety(
     with output_directory(out_dir, force, [engine_or_model_path, *probe_files]) as folder:
         write_jsonl(folder / ANSWERS, rows)
         guard = guard_report_section(guard_figures, guard_breakdown)
-        return write_report(folder, report, render_markdown(report, "Safety probes", [by_source, failed, guard]))
+        return write_report(
+            folder, report, render_markdown(report, "Safety probes", [by_source, failed, guard])
+        )

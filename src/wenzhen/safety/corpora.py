@@ -18,7 +18,11 @@ SPLITS = ("measure", "train")
 
 
 def _toyhom_csv(data: Path) -> Iterator[str]:
-    raw = (data / "toyhom-chinese-medical-dialogue/样例_内科5000-6000.csv").read_bytes().decode("gb18030", "replace")
+    raw = (
+        (data / "toyhom-chinese-medical-dialogue/样例_内科5000-6000.csv")
+        .read_bytes()
+        .decode("gb18030", "replace")
+    )
     for row in csv.DictReader(io.StringIO(raw)):
         yield f"{row['title']}，{row['ask']}"
 

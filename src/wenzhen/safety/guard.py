@@ -73,7 +73,9 @@ _NEGATION = re.compile(
     rf"[^{CLAUSE_END}]{{0,3}}$"
 )
 # "没有口唇肿胀、腹痛、呼吸困难": a negation covers every item of the list that follows it.
-_NEGATED_LIST = re.compile(rf"(?:没有|没|无|未|否认|不伴有?)[^{CLAUSE_END}]{{0,40}}、[^{CLAUSE_END}、]{{0,3}}$")
+_NEGATED_LIST = re.compile(
+    rf"(?:没有|没|无|未|否认|不伴有?)[^{CLAUSE_END}]{{0,40}}、[^{CLAUSE_END}、]{{0,3}}$"
+)
 _HISTORY = re.compile(
     rf"(?:以前|之前|曾经|去年|前年|小时候|几年前|多年前|\d+年前|[一两二三四五六七八九十]+年前|半年前|几个月前|\d+个月前|上个月|上次|上周|当年|当时|既往|病史|有过|得过)[^{CLAUSE_END}]*$"
 )
@@ -117,7 +119,10 @@ class SafetyConfig(StrictModel):
         True, description="also use the learned n-gram stage (the rules always run); false = rules only"
     )
     classifier_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="score above which the learned stage fires; null = the shipped threshold"
+        None,
+        ge=0.0,
+        le=1.0,
+        description="score above which the learned stage fires; null = the shipped threshold",
     )
     emergency_number: str = Field("120", description="the emergency number named in the guidance")
     crisis_lines: list[str] = Field(
@@ -227,7 +232,9 @@ class Guard:
                     self.rules.append(_CompiledRule.of(name, rule))
         for extra in self.config.extra_rules:
             self.rules.append(_CompiledRule(extra.category, [re.compile(normalise(p)) for p in extra.all_of]))
-        self.classifier = classifier if classifier is not None else (load_shipped() if self.config.classifier else None)
+        self.classifier = (
+            classifier if classifier is not None else (load_shipped() if self.config.classifier else None)
+        )
         self.threshold = (
             self.config.classifier_threshold
             if self.config.classifier_threshold is not None
@@ -324,9 +331,9 @@ def _with_combinations(categories: list[str], text: str, enabled: set[str]) -> l
     found = list(categories)
     if "poisoning" in found and "suicide" not in found and "suicide" in enabled and _INTENT.search(text):
         found.append("suicide")
-    if "suicide" in found and "poisoning" not in found and "poisoning" in enabled and _TAKEN.search(text):
-        if re.search(r"药|片|粒", text):
-            found.append("poisoning")
+    carried_out = _TAKEN.search(text) and re.search(r"药|片|粒", text)
+    if "suicide" in found and "poisoning" not in found and "poisoning" in enabled and carried_out:
+        found.append("poisoning")
     return found
 
 
@@ -343,6 +350,8 @@ def get_guard(config: SafetyConfig | None = None) -> Guard:
 def check(messages: Sequence[dict[str, Any]], config: SafetyConfig | None = None) -> GuardVerdict:
     """Red flags in an OpenAI-style conversation."""
     return get_guard(config).check(messages)
+
+
 def answer_prefix(verdict: GuardVerdict) -> str:
     """What goes before the model's answer: the emergency guidance and a blank line, or nothing."""
     return f"{verdict.emergency_text}\n\n" if verdict.fired else ""

@@ -22,7 +22,10 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     # English
     (r"chest\s*pain", "胸痛"),
     (r"heart\s*attack", "心梗"),
-    (r"can'?t\s*breathe|cannot\s*breathe|hard\s*to\s*breathe|short(?:ness)?\s*of\s*breath|not\s*breathing", "喘不上气"),
+    (
+        r"can'?t\s*breathe|cannot\s*breathe|hard\s*to\s*breathe|short(?:ness)?\s*of\s*breath|not\s*breathing",
+        "喘不上气",
+    ),
     (r"sweat(?:ing|y)?", "出汗"),
     (r"seizures?|fitting|convulsions?", "抽搐"),
     (r"kill\s*myself|end\s*my\s*life|suicid(?:e|al)|want\s*to\s*die|kms", "想自杀"),
@@ -78,15 +81,28 @@ _PHRASES: tuple[tuple[str, str], ...] = (
 )
 _PHRASE_PATTERNS = tuple((re.compile(pattern), replacement) for pattern, replacement in _PHRASES)
 
-_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_DIGITS = {
+    "零": 0,
+    "〇": 0,
+    "一": 1,
+    "二": 2,
+    "两": 2,
+    "三": 3,
+    "四": 4,
+    "五": 5,
+    "六": 6,
+    "七": 7,
+    "八": 8,
+    "九": 9,
+}
 _UNITS = {"十": 10, "百": 100, "千": 1000}
 _NUMERAL = "零〇一二两三四五六七八九十百千"
 # A Chinese numeral is rewritten as digits when it is clearly a number: it has 十/百/千/点, or a unit of
 # measure follows it. "一边", "一下子", "两道杠" stay words.
-_CHINESE_NUMBER = re.compile(
-    rf"[{_NUMERAL}]+(?:点[{_NUMERAL}]+)?(?:(?<=[十百千])[{_NUMERAL}])?"
+_CHINESE_NUMBER = re.compile(rf"[{_NUMERAL}]+(?:点[{_NUMERAL}]+)?(?:(?<=[十百千])[{_NUMERAL}])?")
+_MEASURE_FOLLOWS = re.compile(
+    r"(?:度|℃|片|颗|粒|周|天|岁|mmol|毫摩|个(?:半|多)?(?:月|星期|小时|钟头)|分钟|小时)"
 )
-_MEASURE_FOLLOWS = re.compile(r"(?:度|℃|片|颗|粒|周|天|岁|mmol|毫摩|个(?:半|多)?(?:月|星期|小时|钟头)|分钟|小时)")
 
 
 # "38度5" / "38度五": the spoken way of saying 38.5 degrees.
@@ -139,7 +155,9 @@ def normalise(text: str) -> str:
 # --- measurements -------------------------------------------------------------------------------------------
 
 _NUMBER = r"(\d{1,3}(?:\.\d+)?)"
-_GLUCOSE = re.compile(rf"血糖[^，,。；;!！?？]{{0,10}}?(?:{_NUMBER}\s*(mg/dl|mg|mmol/l|mmol|毫摩尔?)?|(hi|lo)(?![a-z]))")
+_GLUCOSE = re.compile(
+    rf"血糖[^，,。；;!！?？]{{0,10}}?(?:{_NUMBER}\s*(mg/dl|mg|mmol/l|mmol|毫摩尔?)?|(hi|lo)(?![a-z]))"
+)
 _DIABETES = re.compile(r"糖尿病|血糖|胰岛素|降糖")
 _BARE_READING = re.compile(
     r"测[了的得出]?(?:是|为|出来)?(\d{1,2}(?:\.\d+)?)()(?![\d.]*(?:度|℃|°|/|%|次|岁|个|斤|公斤|kg|cm|分))()?"
@@ -147,7 +165,9 @@ _BARE_READING = re.compile(
 _PRESSURE = re.compile(r"(?<![\d.])(\d{2,3})\s*/\s*(\d{2,3})(?![\d.])")
 _SYSTOLIC = re.compile(r"(?:血压|高压|收缩压)[^，,。；;\d]{0,8}?(\d{2,3})(?![\d./])")
 _DIASTOLIC = re.compile(r"(?:低压|舒张压)[^，,。；;\d]{0,4}?(\d{2,3})(?![\d.])")
-_TEMPERATURE = re.compile(rf"{_NUMBER}\s*(°f|华氏度|华氏|度|℃|°c|°)|(?:体温|发烧|发热|烧到|肛温|耳温|腋温)[^，,。\d]{{0,4}}?{_NUMBER}")
+_TEMPERATURE = re.compile(
+    rf"{_NUMBER}\s*(°f|华氏度|华氏|度|℃|°c|°)|(?:体温|发烧|发热|烧到|肛温|耳温|腋温)[^，,。\d]{{0,4}}?{_NUMBER}"
+)
 _FAHRENHEIT_WORD = re.compile(r"华氏|°f")
 _AGE = re.compile(
     r"(?:出生|生下来)(?:才|刚|仅)?(\d{1,3})(天|周|个?星期)|(\d{1,3})(天|周|个?星期)(?:大|的(?:宝宝|婴儿|孩子|新生儿|宝))|"
@@ -226,7 +246,9 @@ def measurement_facts(text: str) -> list[str]:
         if match.group(3):
             minutes.append(30.0)
         else:
-            minutes.append(float(match.group(1)) * (60 if ("时" in match.group(2) or "钟头" in match.group(2)) else 1))
+            minutes.append(
+                float(match.group(1)) * (60 if ("时" in match.group(2) or "钟头" in match.group(2)) else 1)
+            )
     if any(m >= 15 for m in minutes):
         facts.append("持续超过15分钟")
     return list(dict.fromkeys(facts))

@@ -25,6 +25,7 @@ import argparse
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -195,7 +196,7 @@ def hard_negatives(rng: random.Random) -> list[Example]:
     return examples
 
 
-def background(shared_dir: Path, rules_fire: callable) -> list[Example]:  # type: ignore[valid-type]
+def background(shared_dir: Path, rules_fire: Callable[[str], bool]) -> list[Example]:
     """Real consultation questions (train split) as "none", without those the rules fire on."""
     texts = [t for t in consultation_questions(shared_dir, "train") if not rules_fire(t)]
     examples = [Example(_prepared(t), NONE, "background") for t in texts]
@@ -233,7 +234,9 @@ def _dense(rows: list[list[int]], width: int) -> np.ndarray:
     return matrix
 
 
-def _fit(rows: list[list[int]], labels: np.ndarray, width: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _fit(
+    rows: list[list[int]], labels: np.ndarray, width: int, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax regression by Adam over seeded chunks; class-balanced so rare categories are learnt."""
     rng = np.random.default_rng(SEED)
     weights = np.zeros((width, classes), dtype=np.float32)
@@ -285,7 +288,11 @@ def train(shared_dir: str | Path) -> tuple[NgramClassifier, dict[str, float]]:
     cuts = []
     for kind, share in TARGET_FALSE_ALARM.items():
         kind_scores = sorted(
-            (s for ((s, _), label), i in zip(scored, held_ids, strict=True) if label == NONE and examples[i].kind == kind),
+            (
+                s
+                for ((s, _), label), i in zip(scored, held_ids, strict=True)
+                if label == NONE and examples[i].kind == kind
+            ),
             reverse=True,
         )
         if kind_scores:
@@ -309,7 +316,9 @@ def train(shared_dir: str | Path) -> tuple[NgramClassifier, dict[str, float]]:
 def main() -> None:
     """Command line: train and write the weights."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shared", default="../shared", help="the shared folder with data/ (bundled corpora)")
+    parser.add_argument(
+        "--shared", default="../shared", help="the shared folder with data/ (bundled corpora)"
+    )
     parser.add_argument("--out", default="src/wenzhen/resources/safety/classifier.npz")
     args = parser.parse_args()
     model, report = train(args.shared)
