@@ -11,6 +11,7 @@ import argparse
 import json
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 from wenzhen import safety
@@ -40,10 +41,16 @@ def main() -> None:
             results[name] = report.metrics
         report = evaluate_guard([], [background], Path(tmp) / "background", config)
         results[f"background ({len(questions)} real questions)"] = report.metrics
+        guard = safety.Guard(config)
+        started = time.perf_counter()
+        for question in questions:
+            guard.check([{"role": "user", "content": question}])
+        milliseconds = 1000 * (time.perf_counter() - started) / len(questions)
     suffix = "-rules" if args.rules_only else ""
     out = ROOT / "results" / f"safety_guard{suffix}"
     machine = f"{platform.machine()} CPU, {platform.python_version()}"
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    summary = {"machine": machine, "ms_per_message": round(milliseconds, 2), "results": results}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         f"# Safety guard{' (rules only)' if args.rules_only else ''} — {machine}",
         "",
@@ -61,6 +68,7 @@ def main() -> None:
             )
         ]
         lines.append(f"| {name} | " + " | ".join("" if c is None else f"{c:.1f}" for c in cells) + " |")
+    lines += ["", f"Guard time: {milliseconds:.2f} ms a message (mean over the background questions, one CPU core)."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
