@@ -68,7 +68,10 @@ def main() -> None:
             )
         ]
         lines.append(f"| {name} | " + " | ".join("" if c is None else f"{c:.1f}" for c in cells) + " |")
-    lines += ["", f"Guard time: {milliseconds:.2f} ms a message (mean over the background questions, one CPU core)."]
+    lines += [
+        "",
+        f"Guard time: {milliseconds:.2f} ms a message (mean over the background questions, one CPU core).",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

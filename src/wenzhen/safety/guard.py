@@ -69,7 +69,7 @@ EMERGENCY_FOOTER = "以下AI回答仅供参考，不能代替急救和医生面�
 
 # Negation and history cues act only inside their own clause, just before the matched words.
 _NEGATION = re.compile(
-    r"(?:没有|没|无|未|否认|不是|并非|从未|从没)(?!想到|多久|过多久|一会|缘无故|法|论|满|足|数|用|见好|止住|精神|力|劲|尿|眼泪|反应|呼吸|心跳|气|了)"
+    r"(?:没有|没|无|未|否认|不是|并非|从未|从没)(?!想到|多久|过多久|一会|缘无故|法|论|满|足|数|用|见好|止住|精神|力|劲|尿|眼泪|反应|呼吸|心跳|气|了|拉屎|排便|放屁|排气|大便)"
     rf"[^{CLAUSE_END}]{{0,3}}$"
 )
 # "没有口唇肿胀、腹痛、呼吸困难": a negation covers every item of the list that follows it.
