@@ -159,6 +159,7 @@ def test_each_category_shows_its_own_guidance(text: str, category: str, must_say
         "新闻里说有人吃野蘑菇中毒了，哪些蘑菇不能吃",
         "癫痫病人能结婚生孩子吗",
         "大便有点发黑，最近在吃铁剂",
+        "再说说发烧",
     ],
 )
 def test_questions_about_exams_prevention_hyperbole_and_history_do_not_fire(text: str) -> None:

@@ -27,6 +27,9 @@ NONE = "none"
 MAX_N = 3
 # Texts shorter than this (after hyperbole is stripped) are not scored: too little to go on.
 MIN_CHARS = 4
+# The guard scores only messages at least this long: on a few words ("再说说发烧") the n-grams say too little,
+# and short explicit emergencies ("我想自杀") are the rules' job.
+MIN_SCORED_CHARS = 8
 
 
 def features(text: str) -> list[str]:

@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 from wenzhen.config import StrictModel
 from wenzhen.safety import speech
 from wenzhen.safety.categories import CATEGORIES, CLAUSE_END, RedFlagCategory
-from wenzhen.safety.classifier import MIN_CHARS, NgramClassifier, load_shipped
+from wenzhen.safety.classifier import MIN_SCORED_CHARS, NgramClassifier, load_shipped
 from wenzhen.safety.normalise import measurement_facts, normalise
 
 __all__ = [
@@ -257,7 +257,7 @@ class Guard:
 
     def model_categories(self, text: str) -> tuple[list[str], float]:
         """The learned stage's category for one normalised report, if its score passes the threshold."""
-        if self.classifier is None or len(text) < MIN_CHARS:
+        if self.classifier is None or len(text) < MIN_SCORED_CHARS:
             return [], 0.0
         score, category = self.classifier.predict(text)
         fired = score >= self.threshold and category in self.enabled
