@@ -133,7 +133,9 @@ def test_missing_and_malformed_eval_files_are_clear_errors(
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n', encoding="utf-8")
     assert main(["eval", "gen", model, "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "bad.jsonl:2 is not valid JSON" in capsys.readouterr().err
-    assert main(["eval", "exam", model, "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", "exam", model, "--data", str(empty), "--out", str(tmp_path / "o")]) == 2
     assert "no exam CSVs in a known layout" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
