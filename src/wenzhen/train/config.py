@@ -103,6 +103,12 @@ class TrainingArgs(StrictModel):
     ddp_find_unused_parameters: bool | None = None
     report_to: str | list[str] = "none"
 
+    @field_validator("save_strategy", "logging_strategy", "eval_strategy", mode="before")
+    @classmethod
+    def yaml_no_is_a_strategy(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted `no` as false; like transformers, take false as the strategy `no`."""
+        return "no" if value is False else value
+
     @model_validator(mode="before")
     @classmethod
     def translate_renamed_keys(cls, data: Any) -> Any:
