@@ -363,10 +363,11 @@ def build_datasets(
         dev = SampleDataset(dev_samples) if dev_samples else None
         collator = make_collator(packed, tokenizer, flash_attention=attention.startswith("flash"))
         return SampleDataset(train_samples), dev, collator
-    if row_tokens < config.max_length:
+    longest = max(len(sample.input_ids) for sample in [*train_samples, *dev_samples])
+    if row_tokens < longest:
         raise WenzhenError(
-            f"performance.row_tokens ({row_tokens}) is shorter than one sample may be (max_input_length + "
-            f"max_output_length + 1 = {config.max_length}); raise it"
+            f"performance.row_tokens ({row_tokens}) is shorter than the longest encoded conversation ({longest} "
+            f"tokens; at most max_input_length + max_output_length + 1 = {config.max_length}); raise it"
         )
     seed, pad_id = config.training_args.seed, tokenizer.pad_token_id
     train_rows = RowDataset(pack_rows(train_samples, row_tokens, seed, pad_id))
@@ -486,7 +487,7 @@ def train(
     config, plan = plan_performance(
         config,
         hardware,
-        [len(sample.input_ids) for sample in train_samples],
+        [len(sample.input_ids) for sample in [*train_samples, *dev_samples]],
         world_size(),
         packed,
         method.supports_gradient_checkpointing,
