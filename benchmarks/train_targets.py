@@ -122,6 +122,7 @@ def wenzhen_row(
         "training_args.logging_steps=1",
         *extra,
     ]
+    command += [part for pair in args.set for part in ("--set", pair)]
     if cap:
         launcher = [sys.executable, "-c", CAPPED.format(gib=CAP_GIB)]
     else:
@@ -231,7 +232,10 @@ def main() -> None:
     parser.add_argument("--two-gpus", action="store_true", help="also the plain command on two GPUs")
     parser.add_argument("--only", nargs="*", default=None, help="run only the rows whose names contain these")
     parser.add_argument(
-        "--set", action="append", default=[], help="extra KEY=VALUE for every wenzhen row (CPU smoke tests only)"
+        "--set",
+        action="append",
+        default=[],
+        help="extra KEY=VALUE for every wenzhen row (CPU smoke tests only)",
     )
     parser.add_argument("--part", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,8 +257,8 @@ def main() -> None:
         "best: 16k rows, compile, no checkpointing (1 GPU)": lambda: wenzhen_row(
             args, data, model, "best-16k", [*best, "--set", "performance.row_tokens=16384"], "0", cap=False
         ),
-        "best: 12k rows, compile, no checkpointing (1 GPU)": lambda: wenzhen_row(
-            args, data, model, "best-12k", [*best, "--set", "performance.row_tokens=12288"], "0", cap=False
+        "best: 24k rows, compile, no checkpointing (1 GPU)": lambda: wenzhen_row(
+            args, data, model, "best-24k", [*best, "--set", "performance.row_tokens=24576"], "0", cap=False
         ),
     }
     if args.two_gpus:
