@@ -62,7 +62,9 @@ def environment(visible: str | None) -> dict[str, str]:
 def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     """WORK/data (wenzhen data prepare) and WORK/model (random weights of the official shapes), made once."""
     data, model = args.work / "data", args.work / "model"
-    if not (data / "train.jsonl").is_file():
+    if len(args.corpus) == 1 and (args.corpus[0] / "train.jsonl").is_file():
+        data = args.corpus[0]  # already prepared
+    elif not (data / "train.jsonl").is_file():
         command = [sys.executable, "-m", "wenzhen", "data", "prepare", *map(str, args.corpus)]
         command += ["--out", str(data), "--force", "--no-progress", "--dev", "50", "--test", "0"]
         subprocess.run(command, check=True, env=environment(None))
@@ -95,7 +97,8 @@ def official(args: argparse.Namespace) -> None:
 
     train_throughput.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = build_chatglm3_tokenizer(args.tokenizer)
-    rows = read_jsonl(args.work / "data" / "train.jsonl")
+    prepared = args.corpus[0] if (args.corpus[0] / "train.jsonl").is_file() else args.work / "data"
+    rows = read_jsonl(prepared / "train.jsonl")
     samples, _ = encode_rows(rows, ChatGLM3Family(), tokenizer, 256 + 512 + 1, "official")
     model = train_throughput.official_lora(train_throughput.random_model(args.config))
     timing = argparse.Namespace(warmup=args.warmup, steps=args.steps)
@@ -222,7 +225,13 @@ def main() -> None:
     )
     parser.add_argument("--config", type=Path, required=True, help="official chatglm3-6b config.json")
     parser.add_argument("--tokenizer", type=Path, required=True, help="ChatGLM3 tokenizer.model")
-    parser.add_argument("--corpus", type=Path, nargs="+", required=True, help="Toyhom files for data prepare")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="Toyhom files for data prepare, or a prepared folder",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/train_targets"))
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
