@@ -183,6 +183,12 @@ def training_device(config: TrainConfig) -> torch.device:
     """This process's device: its own GPU under torchrun / accelerate, else the first GPU, else the CPU."""
     if config.training_args.use_cpu or not torch.cuda.is_available():
         return torch.device("cpu")
+    if "LOCAL_RANK" not in os.environ and torch.cuda.device_count() > 1:
+        # The Trainer would wrap the model in DataParallel, which splits packed rows across GPUs.
+        raise WenzhenError(
+            f"this process sees {torch.cuda.device_count()} GPUs; train through the `wenzhen train` command "
+            "(one worker per GPU) or torchrun, or set CUDA_VISIBLE_DEVICES to one GPU"
+        )
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
