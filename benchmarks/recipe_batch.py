@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="default: the embedded demo model")
     parser.add_argument("--tokens", type=int, default=200_000, help="training tokens per recipe")
     parser.add_argument("--dev", type=int, default=50, help="dev conversations scored")
+    parser.add_argument(
+        "--train-limit", type=int, default=None, help="use only the first N train conversations"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/recipe_batch"))
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -70,8 +73,18 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = load_model(model_dir, dtype="fp32", device="cpu")
     config = load_train_config(SHIPPED)
+    data = args.data
+    if args.train_limit is not None:
+        # A smaller train file (for slow CPUs), written beside the runs; dev.jsonl is copied as it is.
+        data = args.work / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        lines = (args.data / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        (data / "train.jsonl").write_text("".join(lines[: args.train_limit]), encoding="utf-8")
+        (data / "dev.jsonl").write_text(
+            (args.data / "dev.jsonl").read_text(encoding="utf-8"), encoding="utf-8"
+        )
     train_samples, _ = encode_rows(
-        read_jsonl(args.data / "train.jsonl"),
+        read_jsonl(data / "train.jsonl"),
         base.family,
         base.tokenizer,
         config.max_length,
@@ -89,7 +102,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "model": str(model_dir),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU",
-        "data": str(args.data),
+        "data": str(data),
         "train_conversations": len(train_samples),
         "mean_tokens": mean,
         "token_budget": args.tokens,
@@ -111,7 +124,7 @@ def main() -> None:
         }
         config = load_train_config(SHIPPED, overrides)
         started = time.monotonic()
-        result = train(args.data, model_dir, config)
+        result = train(data, model_dir, config)
         trained = load_model(result.final_dir, base=model_dir, dtype="fp32", device=device)
         report["runs"][name] = {
             "steps": steps,
