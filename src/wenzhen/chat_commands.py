@@ -7,6 +7,7 @@ from typing import Any
 
 from wenzhen import safety
 from wenzhen.chat import one_shot, run_repl
+from wenzhen.cli_options import add_dtype_option
 from wenzhen.config import validate_config
 from wenzhen.generation import ChatEngine, GenerationSettings, warm_up
 from wenzhen.models import load_model
@@ -50,9 +51,7 @@ def register(subparsers: Any) -> None:
         type=int,
         help="context window in tokens (default: the model's); history is trimmed to it",
     )
-    parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="compute dtype"
-    )
+    add_dtype_option(parser, default="auto", what="compute dtype")
     parser.add_argument(
         "--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda if available)"
     )

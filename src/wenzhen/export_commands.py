@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from wenzhen.cli_options import add_dtype_option
 from wenzhen.export import EXPORT_FORMATS, SHARD_BYTES, merge
 
 
@@ -27,12 +28,7 @@ def register(subparsers: Any) -> None:
         help="base model directory; overrides the base recorded in run.json or adapter_config.json (needed when "
         "the adapter was made on another machine)",
     )
-    parser.add_argument(
-        "--dtype",
-        default="bf16",
-        choices=["bf16", "fp16", "fp32"],
-        help="weights dtype of OUT (default bf16)",
-    )
+    add_dtype_option(parser, default="bf16", what="weights dtype of OUT")
     parser.add_argument(
         "--format",
         default="hf",

@@ -60,6 +60,21 @@ def test_convert_then_plain_transformers_matches(chatglm3_dir, reference, tmp_pa
     assert load_model(out, dtype="fp32", device="cpu").family.name == "chatglm3"
 
 
+def test_convert_keeps_the_official_fp16_weights_exact(chatglm3_dir, reference, tmp_path):
+    out = tmp_path / "kept"
+    assert main(["convert", str(chatglm3_dir / "tiny-chatglm3"), str(out)]) == 0
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert plain.dtype == torch.float16
+    assert_matches_reference(plain.float(), reference)
+
+
+def test_convert_to_another_dtype_says_it_rounds(chatglm3_dir, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        main(["convert", str(chatglm3_dir / "tiny-chatglm3"), str(tmp_path / "bf16"), "--dtype", "bfloat16"])
+    assert "--dtype bf16 rounds the fp16 weights" in caplog.text
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
 def test_safetensors_sharded_official_copy(chatglm3_dir, reference, tmp_path):
     source = chatglm3_dir / "tiny-chatglm3"
     copy = tmp_path / "st"

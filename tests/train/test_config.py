@@ -103,3 +103,12 @@ def test_command_line_overrides_are_validated_too(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match=r"peft_config\.rr: unknown key; did you mean 'r'"):
         load_train_config(path, dict([parse_override("peft_config.rr=4")]))
+
+
+@pytest.mark.parametrize("key", ["save_strategy", "eval_strategy", "logging_strategy"])
+def test_yaml_no_is_the_strategy_no(tmp_path: Path, key: str):
+    path = write(tmp_path, f"max_input_length: 8\nmax_output_length: 8\ntraining_args:\n  {key}: no\n")
+    assert getattr(load_train_config(path).training_args, key) == "no"
+    override = dict([parse_override(f"training_args.{key}=no")])
+    config = load_train_config(write(tmp_path, "max_input_length: 8\nmax_output_length: 8\n"), override)
+    assert getattr(config.training_args, key) == "no"

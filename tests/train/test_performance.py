@@ -1,11 +1,21 @@
 """Regional compilation finds the decoder layers of plain and peft-wrapped models and keeps their names."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
 from wenzhen.errors import WenzhenError
-from wenzhen.train.performance import compile_decoder_layers, repeated_layers
+from wenzhen.train.config import TrainConfig, load_train_config
+from wenzhen.train.performance import (
+    Hardware,
+    compile_decoder_layers,
+    estimate_peak_gib,
+    plan_performance,
+    repeated_layers,
+)
 
 
 def test_finds_the_decoder_layers_through_a_peft_wrapper(tiny_glm):
@@ -24,3 +34,103 @@ def test_compiles_each_layer_in_place_without_renaming_weights(tiny_glm):
 def test_a_model_without_repeated_layers_is_refused_with_the_fix():
     with pytest.raises(WenzhenError, match=r"performance\.compile: false"):
         repeated_layers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
+
+
+# --- the automatic choice (`plan_performance`) -------------------------------------------------------------------
+
+
+REPO = Path(__file__).parents[2]
+MEASURED = json.loads((REPO / "benchmarks/results/train_throughput.json").read_text())
+CHATGLM3_6B = {"parameters": MEASURED["parameters"], "shape_units": 28 * (4096 + 13696)}
+
+
+def gpu(total_gib: float) -> Hardware:
+    """A card of `total_gib` holding ChatGLM3-6B's bf16 weights, with the planner's own safety margins."""
+    return Hardware(
+        usable_gib=total_gib * 0.9 - 1.0,
+        static_gib=MEASURED["parameters"] * 2 / 2**30,
+        can_compile=True,
+        **CHATGLM3_6B,
+    )
+
+
+def shipped_lora() -> TrainConfig:
+    return load_train_config(REPO / "configs" / "lora.yaml")
+
+
+@pytest.mark.parametrize(
+    ("run", "row_tokens", "checkpointing", "compiled"),
+    [
+        ("wenzhen flex 8k rows + compile (call 1, official 523 tok/s there)", 8192, False, True),
+        ("wenzhen flex 8k rows (call 1, official 523 tok/s there)", 8192, False, False),
+        (
+            "wenzhen low-mem: 2k rows + checkpointing + compile (call 2, official 528 tok/s there)",
+            2048,
+            True,
+            True,
+        ),
+        ("wenzhen low-mem: 1k rows + checkpointing + compile", 1024, True, True),
+    ],
+)
+def test_the_memory_model_reproduces_the_measured_peaks(run, row_tokens, checkpointing, compiled):
+    measured = MEASURED["runs"][run]["peak_gpu_gib"]
+    assert estimate_peak_gib(gpu(80), row_tokens, checkpointing, compiled) == pytest.approx(measured, abs=0.7)
+
+
+def test_on_cpu_the_recipe_runs_as_written():
+    config = TrainConfig.model_validate({"max_input_length": 8, "max_output_length": 8})
+    resolved, plan = plan_performance(config, None, [10, 12], 1, packed=True, allow_checkpointing=True)
+    assert (plan.row_tokens, plan.compile, plan.gradient_checkpointing) == (None, False, False)
+    assert resolved.training_args.per_device_train_batch_size == 8 and "CPU" in plan.reason
+
+
+def test_a_large_gpu_gets_long_uncheckpointed_compiled_rows_at_the_recipes_step_tokens():
+    config = shipped_lora()
+    resolved, plan = plan_performance(config, gpu(80), [300] * 100, 1, packed=True, allow_checkpointing=True)
+    assert plan.row_tokens == 8192 and not plan.gradient_checkpointing and plan.compile
+    step = plan.row_tokens * plan.gradient_accumulation_steps
+    assert step == config.performance.step_tokens
+    assert plan.estimated_peak_gib is not None and plan.estimated_peak_gib < gpu(80).usable_gib
+    assert resolved.performance.row_tokens == 8192 and resolved.training_args.gradient_checkpointing is False
+
+
+def test_a_24_gib_card_trades_recomputation_for_rows_that_fit():
+    _, plan = plan_performance(shipped_lora(), gpu(24), [300] * 100, 1, packed=True, allow_checkpointing=True)
+    assert plan.gradient_checkpointing and plan.row_tokens is not None and plan.row_tokens >= 4096
+    assert plan.estimated_peak_gib is not None and plan.estimated_peak_gib <= gpu(24).usable_gib
+
+
+def test_two_gpus_split_the_step_into_one_row_each():
+    _, plan = plan_performance(shipped_lora(), gpu(80), [300] * 100, 2, packed=True, allow_checkpointing=True)
+    assert (plan.row_tokens, plan.gradient_accumulation_steps) == (8192, 1)
+
+
+def test_a_recipe_counting_conversations_keeps_its_tokens_per_step():
+    config = TrainConfig.model_validate(
+        {
+            "max_input_length": 256,
+            "max_output_length": 512,
+            "training_args": {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 4},
+        }
+    )
+    _, plan = plan_performance(config, gpu(80), [400] * 10 + [769], 1, packed=True, allow_checkpointing=True)
+    step = plan.row_tokens * plan.gradient_accumulation_steps  # type: ignore[operator]
+    assert step == pytest.approx(64 * 436, rel=0.1)
+    assert "64 conversations" in plan.reason
+
+
+def test_explicit_keys_win():
+    config = shipped_lora().model_copy(deep=True)
+    config.performance.row_tokens = 1024
+    config.performance.compile = False
+    config.training_args.gradient_checkpointing = True
+    resolved, plan = plan_performance(config, gpu(80), [300] * 10, 1, packed=True, allow_checkpointing=True)
+    assert (plan.row_tokens, plan.compile, plan.gradient_checkpointing) == (1024, False, True)
+    assert (
+        resolved.training_args.per_device_train_batch_size == config.training_args.per_device_train_batch_size
+    )
+
+
+def test_methods_without_checkpointing_are_never_given_it():
+    _, plan = plan_performance(shipped_lora(), gpu(16), [300] * 10, 1, packed=True, allow_checkpointing=False)
+    assert plan.gradient_checkpointing is False

@@ -84,6 +84,10 @@ def test_overfitting_sixteen_conversations_halves_the_loss_and_leaves_the_report
     info = read_run_info(out)
     assert info is not None and info.chat_format == "hf" and info.base_model == str(tiny_llama_dir.resolve())
     assert info.config["training_args"]["max_steps"] == 40
+    # Steady tokens/s (after warm-up, without evaluation) beside the wall time, in summary.json and run.json.
+    assert summary["steady_tokens_per_second"] > 0 and summary["train_seconds"] > 0
+    assert info.extra["speed"]["steady_tokens_per_second"] == summary["steady_tokens_per_second"]
+    assert info.extra["performance_plan"]["row_tokens"] is None  # CPU: the recipe as written
     assert json.loads((out / "encoding.json").read_text())["train"]["kept"] == 16
     # Full fine-tuning saves a whole model that the one loader reads back like any model directory.
     assert torch.allclose(logits(result.final_dir), logits(out / "checkpoint-40"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from wenzhen.cli_options import add_dtype_option
 from wenzhen.config import validate_config
 from wenzhen.errors import WenzhenError
 from wenzhen.evaluate.report import REPORT_MD, EvalReport, format_value
@@ -33,7 +34,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, model_required: bool =
     )
     parser.add_argument("--adapter", help="LoRA / prefix-tuning adapter directory to apply to MODEL")
     parser.add_argument("--base", help="base model of an adapter, overriding the one it records")
-    parser.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto (bf16 on GPU, fp32 on CPU)")
+    add_dtype_option(parser, default="auto", what="compute dtype")
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto")
     parser.add_argument(
         "--static-cache",

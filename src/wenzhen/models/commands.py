@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from wenzhen.cli_options import add_dtype_option
 from wenzhen.models.convert import convert_model
 from wenzhen.models.inspect import env_json, environment_report, format_report, inspect_download, memory_fit
 
@@ -20,8 +21,8 @@ def register(subparsers: Any) -> None:
     )
     convert.add_argument("src", help="model directory to read")
     convert.add_argument("out", help="output directory (created atomically)")
-    convert.add_argument(
-        "--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="weights dtype (default bf16)"
+    add_dtype_option(
+        convert, default="source", what="weights dtype of OUT; any other than the source's rounds"
     )
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
     convert.set_defaults(handler=_convert)

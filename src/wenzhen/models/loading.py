@@ -91,6 +91,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
+def stored_dtype(model_dir: Path) -> str | None:
+    """The short name (bf16/fp16/fp32) of the dtype `model_dir`'s weights are stored in, from its config.json
+    (`dtype`, or `torch_dtype` as transformers 4.x and the official download write it); None when unrecorded."""
+    config = read_config(model_dir)
+    recorded = config.get("dtype") or config.get("torch_dtype")
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    return short.get(str(recorded).removeprefix("torch.")) if recorded else None
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """`cuda` when available unless told otherwise."""
     if device in (None, "auto"):

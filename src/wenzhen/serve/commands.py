@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from wenzhen.cli_options import add_dtype_option
 from wenzhen.config import load_yaml_config
 
 
@@ -24,7 +25,7 @@ def _common(parser: argparse.ArgumentParser, default_port: int) -> None:
         "--port", type=int, default=default_port, help=f"port to listen on (default {default_port})"
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bf16 on GPU, fp32 on CPU)")
+    add_dtype_option(parser, default="auto", what="compute dtype")
     parser.add_argument(
         "--config", type=Path, help="YAML settings (see docs/serving.md); every key has a default"
     )

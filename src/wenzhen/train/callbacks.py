@@ -23,10 +23,55 @@ CURVE_FILE = "training_curve.png"
 SUMMARY_FILE = "summary.json"
 
 
-class ProgressBar(TrainerCallback):
-    """One tqdm bar over optimizer steps showing loss, tokens/s and learning rate; tqdm supplies the ETA."""
+class StepClock(TrainerCallback):
+    """Steady-state training tokens/s: the optimizer steps after the first `warmup` of this run (compilation,
+    kernel autotuning, the allocator growing), with evaluation, saving and logging between steps left out.
 
-    def __init__(self) -> None:
+    Tokens are the Trainer's non-padding count, gathered over all processes, so under DDP this is the whole run's
+    rate.
+    """
+
+    def __init__(self, warmup: int = 3) -> None:
+        self.warmup = warmup
+        self.first_step = 0
+        self.mark = 0.0
+        self.tokens_at_mark = 0
+        self.seconds = 0.0
+        self.tokens = 0
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ):
+        self.first_step = state.global_step
+        self.mark = time.monotonic()
+        self.tokens_at_mark = int(state.num_input_tokens_seen or 0)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ):
+        now, tokens = time.monotonic(), int(state.num_input_tokens_seen or 0)
+        if state.global_step - self.first_step > self.warmup:
+            self.seconds += now - self.mark
+            self.tokens += tokens - self.tokens_at_mark
+        self.mark, self.tokens_at_mark = now, tokens
+
+    def _pause_ends(self, *args: Any, **kwargs: Any) -> None:
+        # Logging, evaluation and saving run between two steps; the next step's time starts after them.
+        self.mark = time.monotonic()
+
+    on_log = on_evaluate = on_save = _pause_ends
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """The steady rate, None until a step past the warm-up has finished."""
+        return self.tokens / self.seconds if self.seconds > 0 else None
+
+
+class ProgressBar(TrainerCallback):
+    """One tqdm bar over optimizer steps showing loss, steady tokens/s and learning rate; tqdm supplies the ETA."""
+
+    def __init__(self, clock: StepClock) -> None:
+        self.clock = clock
         self.bar: Any = None
         self.started = 0.0
         self.tokens_at_start = 0
@@ -55,8 +100,10 @@ class ProgressBar(TrainerCallback):
             return
         elapsed = max(time.monotonic() - self.started, 1e-9)
         tokens = int(state.num_input_tokens_seen or 0) - self.tokens_at_start
+        # Steady tokens/s once warm-up is over; until then the rate so far, warm-up included.
+        steady = self.clock.tokens_per_second
+        self.postfix["tok/s"] = f"{steady if steady is not None else tokens / elapsed:,.0f}"
         # Training and evaluation log separately; the bar keeps the latest value of each.
-        self.postfix["tok/s"] = f"{tokens / elapsed:,.0f}"
         for key, label, style in (
             ("loss", "loss", ".4f"),
             ("eval_loss", "eval_loss", ".4f"),
@@ -156,9 +203,12 @@ def plot_curve(rows: list[dict[str, Any]], out: Path) -> None:
 def format_summary(summary: dict[str, Any]) -> str:
     """The few lines printed at the end of a run."""
     memory = summary["peak_memory_bytes"] / 2**30
+    rate = summary.get("steady_tokens_per_second")
+    steady = f"{rate:,.0f} tok/s steady" if rate is not None else "too few steps for a steady rate"
     lines = [
         f"trained {summary['method']} for {summary['steps']} steps on {summary['train_samples']} conversations "
-        f"in {summary['train_seconds']:.1f} s ({summary['tokens']:,} tokens, {summary['tokens_per_second']:,.0f} tok/s)",
+        f"in {summary['train_seconds']:.1f} s wall ({summary['tokens']:,} tokens, {summary['tokens_per_second']:,.0f} "
+        f"tok/s overall, {steady})",
         f"loss {summary['first_loss']} -> {summary['final_loss']}"
         + (f", dev loss {summary['final_eval_loss']}" if summary.get("final_eval_loss") is not None else ""),
         f"trainable parameters {summary['trainable_parameters']:,} of {summary['total_parameters']:,}; "

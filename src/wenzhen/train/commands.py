@@ -1,12 +1,16 @@
 """`wenzhen train DATA_DIR MODEL_DIR CONFIG [AUTO_RESUME]`: the official finetune_hf.py arguments, plus options."""
 
 import argparse
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from wenzhen.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Fine-tune MODEL_DIR on the conversations in DATA_DIR as CONFIG says, like the official ChatGLM3
@@ -20,8 +24,9 @@ CONFIG: a YAML file; the official configs/lora.yaml, ptuning_v2.yaml and sft.yam
 configs/*.yaml in this repository are tuned for medical consultation data.
 
 The run folder (training_args.output_dir) receives checkpoint-N/, final/, metrics.jsonl, tensorboard/,
-training_curve.png, summary.json and run.json. For several GPUs launch the same command with
-`torchrun --nproc_per_node N -m wenzhen train ...` or `accelerate launch -m wenzhen train ...`.
+training_curve.png, summary.json and run.json. On a host with several GPUs the command starts one worker per
+GPU itself (torch's elastic launcher, DDP); --gpus or CUDA_VISIBLE_DEVICES restrict it, and a run started with
+`torchrun ... -m wenzhen train ...` or `accelerate launch -m wenzhen train ...` is left to that launcher.
 """
 
 
@@ -66,12 +71,25 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     """Handler of `wenzhen train`."""
+    import torch
+
     from wenzhen.train.config import load_train_config
+    from wenzhen.train.launch import decide_launch, launch_workers
     from wenzhen.train.trainer import train
 
     if not Path(args.data_dir).is_dir():
         raise ConfigError(f"DATA_DIR {args.data_dir} is not a directory; pass the folder holding train.json")
     config = load_train_config(args.config, overrides_from(args))
+    gpus = 0 if config.training_args.use_cpu else torch.cuda.device_count()
+    launch = decide_launch(args.gpus, config.training_args.use_cpu, os.environ, gpus)
+    if launch.workers:
+        log.info(
+            "starting %d training workers, one per GPU (%s; --gpus chooses others)",
+            launch.workers,
+            launch.reason,
+        )
+        launch_workers(launch.workers, args.command_line, launch.visible_devices)
+        return 0
     result = train(
         args.data_dir, args.model_dir, config, args.auto_resume, config_dir=Path(args.config).resolve().parent
     )
@@ -123,6 +141,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--truncation", choices=["keep_eos", "official"], help="how over-long samples are cut")
     group.add_argument("--seed", type=int, help="random seed")
     group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    parser.add_argument(
+        "--gpus",
+        help="GPUs to train on: a count (2: the first two) or indices among the visible ones (0,2); default: all "
+        "visible, one worker process each",
+    )
     group.add_argument(
         "--set",
         action="append",

@@ -7,7 +7,7 @@ translated here, with a notice, so an old config keeps working and its owner lea
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -93,7 +93,9 @@ class TrainingArgs(StrictModel):
     bf16: bool | None = Field(default=None, description="None: bf16 where the GPU supports it")
     fp16: bool | None = None
     use_cpu: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = Field(
+        default=None, description="recompute activations to save memory; None: chosen with `performance`"
+    )
     debug: str = ""
     predict_with_generate: bool = False
     generation_config: GenerationSettings = Field(default_factory=GenerationSettings)
@@ -102,6 +104,12 @@ class TrainingArgs(StrictModel):
     fsdp_config: dict[str, Any] | None = None
     ddp_find_unused_parameters: bool | None = None
     report_to: str | list[str] = "none"
+
+    @field_validator("save_strategy", "logging_strategy", "eval_strategy", mode="before")
+    @classmethod
+    def yaml_no_is_a_strategy(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted `no` as false; like transformers, take false as the strategy `no`."""
+        return "no" if value is False else value
 
     @model_validator(mode="before")
     @classmethod
@@ -168,17 +176,32 @@ class QuantizationConfig(StrictModel):
 
 
 class PerformanceConfig(StrictModel):
-    """Speed switches (defaults measured in benchmarks/train_throughput.py, see docs/training.md)."""
+    """Speed switches. Left at `auto`, they are chosen for the GPU, the model and the data at the start of each run
+    from a memory and speed model calibrated on benchmarks/results/train_throughput.json (see
+    `wenzhen.train.performance.plan_performance` and docs/training.md); an explicit value always wins."""
 
     attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = Field(
         default="auto",
         description="auto: on GPU flash-attention 2 where installed, else flex attention when packing; SDPA on CPU",
     )
-    row_tokens: int | None = Field(
+    row_tokens: Annotated[int, Field(ge=16)] | Literal["auto"] | None = Field(
+        default="auto",
+        description="pack samples into fixed rows of this many tokens (per_device_train_batch_size then counts "
+        "rows); auto: on GPU the longest rows that fit the memory, with the batch kept at step_tokens (or the "
+        "recipe's conversations' worth of tokens); None and auto on CPU: concatenate per_device_train_batch_size "
+        "samples per step",
+    )
+    step_tokens: int | None = Field(
         default=None,
         ge=16,
-        description="pack samples into fixed rows of this many tokens (per_device_train_batch_size then counts "
-        "rows); None: concatenate per_device_train_batch_size samples per step",
+        description="tokens per optimizer step over all GPUs when rows are chosen (row_tokens auto); sets "
+        "per_device_train_batch_size and gradient_accumulation_steps; None: per_device_train_batch_size x "
+        "gradient_accumulation_steps x GPUs conversations of the data's mean length",
+    )
+    memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="GPU memory the automatic choice may plan for; None: the card's (within any per-process cap)",
     )
     sparse_logits: bool = Field(
         default=True, description="compute the 65k-vocab logits only where the next token is labelled"
@@ -189,9 +212,10 @@ class PerformanceConfig(StrictModel):
         description="labelled positions per fp32 cross-entropy chunk (recomputed in backward, so only the bf16 "
         "logits stay in memory); None: one piece",
     )
-    compile: bool = Field(
-        default=False,
-        description="torch.compile each decoder layer in place (CUDA; one compilation reused by every layer)",
+    compile: bool | Literal["auto"] = Field(
+        default="auto",
+        description="torch.compile each decoder layer in place (CUDA; one compilation reused by every layer); "
+        "auto: on for fixed-length rows on a GPU with Triton",
     )
 
 

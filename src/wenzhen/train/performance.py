@@ -1,15 +1,22 @@
-"""Speed switches of a training run (`performance:` in the config): the attention kernel and compilation.
+"""Speed switches of a training run (`performance:` in the config): the attention kernel, compilation, and the
+automatic choice of row length, checkpointing and compilation for the GPU, the model and the data.
 
 The measured effect of each on an H100 is in benchmarks/results/train_throughput.md (see docs/training.md).
 """
 
 import importlib.util
 import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel
 
 from wenzhen.errors import WenzhenError
+
+if TYPE_CHECKING:
+    from wenzhen.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +71,241 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
         layer.compile()
     log.info("compiled %d %s layers", len(layers), type(layers[0]).__name__)
     return len(layers)
+
+
+# Calibration of the automatic choice, from benchmarks/results/train_throughput.json (ChatGLM3-6B LoRA, bf16,
+# H100 80GB, packed rows, chunked sparse-logits loss): peak allocated memory minus the 11.6 GiB of weights, per
+# token of a row, per unit of layers x (hidden + intermediate) = 28 x (4096 + 13696):
+#   8k rows, compiled, no checkpointing 43.2 GiB -> 8.3 bytes; the same uncompiled 52.5 GiB -> 10.8 bytes;
+#   checkpointing, compiled: 1k rows 12.5 GiB, 2k rows 13.7 GiB -> 1.19 GiB per 1k tokens -> 2.5 bytes (the slope,
+#   which overestimates both points by 0.3 GiB rather than underestimating longer rows).
+ACTIVATION_BYTES = {(False, True): 8.3, (False, False): 10.8, (True, True): 2.5, (True, False): 2.5}
+# Step time = max(launch floor, per-token GPU time). 8k compiled rows ran at 19.7k tokens/s (50.7 us a token for
+# 6.24B parameters, 92% of the GPU busy); 1k and 2k checkpointed rows both took about 0.2 s a step, the GPU a
+# third busy: a floor set by kernel launches, not by the tokens (both checkpointed: without, the floor is taken as
+# 3/4 of that). Checkpointing recomputes the forward: 4/3 the launches and the arithmetic.
+SECONDS_PER_TOKEN_PER_PARAMETER = 50.7e-6 / 6.24e9
+LAUNCH_FLOOR_SECONDS = 0.2 * 3 / 4
+RECOMPUTE_FACTOR = 4 / 3
+# Each row (micro-step) also pays its loss, sparse-logits gather and launch tail outside the overlapped part. Not
+# measured separately: an assumed 20 ms, so that of two rows the model rates alike the longer one wins.
+ROW_OVERHEAD_SECONDS = 0.02
+# Planning keeps this share of the usable memory, and a further GiB, for the allocator's fragmentation.
+MEMORY_SAFETY = 0.9
+MEMORY_RESERVE_GIB = 1.0
+MAX_ROWS_PER_STEP = 256
+ROW_MULTIPLE = 64
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    """The performance settings a run uses and why (logged at the start, recorded in run.json)."""
+
+    row_tokens: int | None
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+    compile: bool
+    memory_gib: float | None
+    estimated_peak_gib: float | None
+    estimated_tokens_per_second: float | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (run.json's `performance_plan`)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the planner needs of the GPU and the loaded model."""
+
+    usable_gib: float  # memory this process may allocate in all, after the safety margins
+    static_gib: (
+        float  # weights (and, for full fine-tuning, gradients and optimizer states) before the first step
+    )
+    parameters: int
+    shape_units: int  # layers x (hidden + intermediate)
+    can_compile: bool  # Triton present, so torch.compile can build GPU kernels
+
+
+def measure_hardware(
+    model: PreTrainedModel, device: torch.device, full: bool, memory_gib: float | None
+) -> Hardware:
+    """The GPU's usable memory (within a per-process cap or `memory_gib`) and the loaded model's footprint."""
+    free, total = torch.cuda.mem_get_info(device)
+    cap = total * torch.cuda.get_per_process_memory_fraction(device)
+    reserved = torch.cuda.memory_reserved(device)
+    available = min(cap, free + reserved) / 2**30
+    if memory_gib is not None:
+        available = min(available, memory_gib)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    # Full fine-tuning adds a gradient and two AdamW moments of each weight's size.
+    static = weights * (4 if full else 1)
+    return Hardware(
+        usable_gib=available * MEMORY_SAFETY - MEMORY_RESERVE_GIB,
+        static_gib=static,
+        parameters=sum(p.numel() for p in model.parameters()),
+        shape_units=shape_units(model.config),
+        can_compile=importlib.util.find_spec("triton") is not None,
+    )
+
+
+def shape_units(model_config: Any) -> int:
+    """layers x (hidden + intermediate) of a transformers config: what per-token activations scale with."""
+    text = getattr(model_config, "get_text_config", lambda: model_config)()
+    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    layers = int(getattr(text, "num_hidden_layers", 0) or 0)
+    intermediate = int(getattr(text, "intermediate_size", 0) or 4 * hidden)
+    return layers * (hidden + intermediate)
+
+
+def estimate_peak_gib(hardware: Hardware, row_tokens: int, checkpointing: bool, compiled: bool) -> float:
+    """Peak allocated GPU memory of a micro-batch of one row."""
+    per_token = ACTIVATION_BYTES[(checkpointing, compiled)] * hardware.shape_units
+    return hardware.static_gib + row_tokens * per_token / 2**30
+
+
+def estimate_tokens_per_second(hardware: Hardware, row_tokens: int, checkpointing: bool) -> float:
+    """Steady training tokens/s of one GPU with rows of `row_tokens` (H100-calibrated; used to rank choices)."""
+    gpu = row_tokens * hardware.parameters * SECONDS_PER_TOKEN_PER_PARAMETER
+    step = max(LAUNCH_FLOOR_SECONDS, gpu) + ROW_OVERHEAD_SECONDS
+    # Recomputation repeats the forward's kernels as well as its arithmetic.
+    return row_tokens / (step * RECOMPUTE_FACTOR if checkpointing else step)
+
+
+def fastest_fit(
+    hardware: Hardware,
+    longest: int,
+    per_gpu_tokens: int,
+    compiled: bool,
+    checkpointing_options: tuple[bool, ...],
+) -> tuple[int, int, bool] | None:
+    """(row tokens, rows per step, checkpointing) that fits with the best estimated speed, the rows splitting the
+    GPU's share of the step evenly; of the choices within 2% of the best, the one needing the least memory."""
+    splits = {
+        max(round_up(longest, ROW_MULTIPLE), round_up(math.ceil(per_gpu_tokens / count), ROW_MULTIPLE)): count
+        for count in range(MAX_ROWS_PER_STEP, 0, -1)
+    }
+    fitting = [
+        (estimate_tokens_per_second(hardware, row, checkpointing), peak, row, count, checkpointing)
+        for row, count in splits.items()
+        for checkpointing in checkpointing_options
+        if (peak := estimate_peak_gib(hardware, row, checkpointing, compiled)) <= hardware.usable_gib
+    ]
+    if not fitting:
+        return None
+    best = max(choice[0] for choice in fitting)
+    near_best = [choice for choice in fitting if choice[0] >= best / 1.02]
+    _, _, row, count, checkpointing = min(near_best, key=lambda choice: choice[1])
+    return row, count, checkpointing
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def plan_performance(
+    config: "TrainConfig",
+    hardware: Hardware | None,
+    sample_lengths: list[int],
+    world: int,
+    packed: bool,
+    allow_checkpointing: bool,
+) -> tuple["TrainConfig", SpeedPlan]:
+    """Resolve every `auto` of `performance` (and an unset `training_args.gradient_checkpointing`) for this GPU,
+    model and data; return the resolved config and the plan. Explicit settings are kept as they are.
+
+    On a GPU with packing, rows are the fastest the memory model says fit (`fastest_fit`), compiled where Triton is
+    present; the optimizer step keeps `step_tokens` (or the recipe's conversations' worth of tokens) by setting the
+    row count per step. Elsewhere (CPU, unpacked methods) the recipe runs as written, uncompiled.
+    """
+    speed, args = config.performance, config.training_args
+    explicit_checkpointing = args.gradient_checkpointing
+    on_gpu = hardware is not None
+    can_compile = hardware is not None and hardware.can_compile
+    rows_auto = speed.row_tokens == "auto"
+    on_gpu_rows = rows_auto and packed and on_gpu
+    row_tokens: int | None = None if rows_auto else speed.row_tokens  # type: ignore[assignment]
+    batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    mean = sum(sample_lengths) / max(len(sample_lengths), 1)
+    longest = max(sample_lengths, default=config.max_length)
+    target = speed.step_tokens or round(batch * accumulation * world * mean)
+    usable = round(hardware.usable_gib, 1) if hardware is not None else None
+    peak: float | None = None
+    rate: float | None = None
+    why: list[str] = []
+    compiled = speed.compile if speed.compile != "auto" else bool(can_compile and (on_gpu_rows or row_tokens))
+    if on_gpu_rows and hardware is not None:
+        options: tuple[bool, ...] = (False, True) if allow_checkpointing else (False,)
+        if explicit_checkpointing is not None:
+            options = (explicit_checkpointing,)
+        fit = fastest_fit(hardware, longest, math.ceil(target / world), compiled, options)
+        if fit is None:
+            row_tokens, checkpointing = round_up(longest, ROW_MULTIPLE), options[-1]
+            accumulation = max(1, round(target / (row_tokens * world)))
+            why.append(f"even rows of the longest sample ({longest} tokens) may not fit {usable} GiB")
+        else:
+            row_tokens, accumulation, checkpointing = fit
+        batch = 1
+        source = (
+            "step_tokens"
+            if speed.step_tokens
+            else f"{args.per_device_train_batch_size * args.gradient_accumulation_steps * world} conversations "
+            f"of {mean:.0f} tokens"
+        )
+        why.append(
+            f"{target:,} tokens per step ({source}) as {accumulation} row(s) of {row_tokens} per GPU x {world} GPU(s)"
+        )
+    elif rows_auto and packed and speed.step_tokens:
+        # CPU: the same optimizer step as on a GPU (rows of the longest sample, accumulated), uncompiled.
+        row_tokens = round_up(longest, ROW_MULTIPLE)
+        batch, accumulation = 1, max(1, round(speed.step_tokens / (row_tokens * world)))
+        checkpointing = bool(explicit_checkpointing)
+        why.append(f"step_tokens {speed.step_tokens:,} as {accumulation} row(s) of {row_tokens}")
+    else:
+        checkpointing = bool(explicit_checkpointing)
+        if not on_gpu:
+            why.append("CPU: the recipe as written")
+        elif not packed:
+            why.append("unpacked batches: the recipe as written")
+    if hardware is not None and row_tokens:
+        peak = round(estimate_peak_gib(hardware, row_tokens, checkpointing, compiled), 1)
+        rate = round(estimate_tokens_per_second(hardware, row_tokens, checkpointing) * world)
+        why.append(f"estimated peak {peak} of {usable} usable GiB")
+    resolved = config.model_copy(
+        update={
+            "performance": speed.model_copy(update={"row_tokens": row_tokens, "compile": compiled}),
+            "training_args": args.model_copy(
+                update={
+                    "gradient_checkpointing": checkpointing,
+                    "per_device_train_batch_size": batch,
+                    "gradient_accumulation_steps": accumulation,
+                    "per_device_eval_batch_size": 1 if on_gpu_rows else args.per_device_eval_batch_size,
+                }
+            ),
+        }
+    )
+    plan = SpeedPlan(
+        row_tokens=row_tokens,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        gradient_checkpointing=checkpointing,
+        compile=compiled,
+        memory_gib=usable,
+        estimated_peak_gib=peak,
+        estimated_tokens_per_second=rate,
+        reason="; ".join(why),
+    )
+    return resolved, plan
+
+
+def describe(plan: SpeedPlan, attention: str) -> str:
+    """The one line logged at the start of a run."""
+    rows = f"rows of {plan.row_tokens} tokens" if plan.row_tokens else "samples concatenated per batch"
+    return (
+        f"performance: {rows}, batch {plan.per_device_train_batch_size} x {plan.gradient_accumulation_steps} "
+        f"accumulated, checkpointing {'on' if plan.gradient_checkpointing else 'off'}, "
+        f"compile {'on' if plan.compile else 'off'}, attention {attention} ({plan.reason}; "
+        "explicit performance.* / training_args keys override)"
+    )

@@ -37,17 +37,19 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from wenzhen.errors import WenzhenError
 from wenzhen.io import check_apart, read_jsonl, write_json
 from wenzhen.models import LoadedModel
-from wenzhen.runinfo import RunInfo, write_run_info
+from wenzhen.runinfo import RunInfo, read_run_info, write_run_info
 from wenzhen.train.callbacks import (
     CURVE_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
     MetricsLog,
     ProgressBar,
+    StepClock,
     format_summary,
     peak_memory_bytes,
     plot_curve,
     read_metrics,
+    world_size,
 )
 from wenzhen.train.checkpoints import (
     STAGING,
@@ -63,7 +65,14 @@ from wenzhen.train.evaluation import DevGeneration
 from wenzhen.train.loss import sparse_logits_loss
 from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing
 from wenzhen.train.packing import RowDataset, SampleDataset, make_collator, pack_rows
-from wenzhen.train.performance import choose_attention, compile_decoder_layers
+from wenzhen.train.performance import (
+    SpeedPlan,
+    choose_attention,
+    compile_decoder_layers,
+    describe,
+    measure_hardware,
+    plan_performance,
+)
 
 log = logging.getLogger(__name__)
 FINAL = "final"
@@ -174,6 +183,12 @@ def training_device(config: TrainConfig) -> torch.device:
     """This process's device: its own GPU under torchrun / accelerate, else the first GPU, else the CPU."""
     if config.training_args.use_cpu or not torch.cuda.is_available():
         return torch.device("cpu")
+    if "LOCAL_RANK" not in os.environ and torch.cuda.device_count() > 1:
+        # The Trainer would wrap the model in DataParallel, which splits packed rows across GPUs.
+        raise WenzhenError(
+            f"this process sees {torch.cuda.device_count()} GPUs; train through the `wenzhen train` command "
+            "(one worker per GPU) or torchrun, or set CUDA_VISIBLE_DEVICES to one GPU"
+        )
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -350,14 +365,15 @@ def build_datasets(
     """Train and dev datasets with their collator: fixed-length packed rows when `performance.row_tokens` is set,
     else samples batched by the collator (flattened when packing, right-padded otherwise)."""
     row_tokens = config.performance.row_tokens
-    if not packed or row_tokens is None:
+    if not packed or not isinstance(row_tokens, int):
         dev = SampleDataset(dev_samples) if dev_samples else None
         collator = make_collator(packed, tokenizer, flash_attention=attention.startswith("flash"))
         return SampleDataset(train_samples), dev, collator
-    if row_tokens < config.max_length:
+    longest = max(len(sample.input_ids) for sample in [*train_samples, *dev_samples])
+    if row_tokens < longest:
         raise WenzhenError(
-            f"performance.row_tokens ({row_tokens}) is shorter than one sample may be (max_input_length + "
-            f"max_output_length + 1 = {config.max_length}); raise it"
+            f"performance.row_tokens ({row_tokens}) is shorter than the longest encoded conversation ({longest} "
+            f"tokens; at most max_input_length + max_output_length + 1 = {config.max_length}); raise it"
         )
     seed, pad_id = config.training_args.seed, tokenizer.pad_token_id
     train_rows = RowDataset(pack_rows(train_samples, row_tokens, seed, pad_id))
@@ -405,6 +421,7 @@ def summarise(
     seconds: float,
     reports: dict[str, EncodingReport],
     packed: bool,
+    clock: StepClock,
 ) -> dict[str, Any]:
     """summary.json's content, from the trainer state and metrics.jsonl."""
     rows = read_metrics(output_dir / METRICS_FILE)
@@ -412,6 +429,7 @@ def summarise(
     evals = [row["eval_loss"] for row in rows if "eval_loss" in row]
     trainable, total = count_parameters(trainer.model)
     tokens = int(trainer.state.num_input_tokens_seen or 0)
+    steady = clock.tokens_per_second
     return {
         "method": config.method_name,
         "steps": trainer.state.global_step,
@@ -419,6 +437,7 @@ def summarise(
         "tokens": tokens,
         "train_seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else 0.0,
+        "steady_tokens_per_second": round(steady, 1) if steady is not None else None,
         "first_loss": round(losses[0], 6) if losses else None,
         "final_loss": round(losses[-1], 6) if losses else None,
         "final_eval_loss": round(evals[-1], 6) if evals else None,
@@ -466,9 +485,23 @@ def train(
     loaded = method.load(model_dir, device, config)
     train_samples, dev_samples, reports = encode_splits(data_dir, config, loaded)
     packed = config.packing and method.supports_packing
+    hardware = None
+    if device.type == "cuda":
+        hardware = measure_hardware(
+            loaded.model, device, config.method_name == "full", config.performance.memory_gib
+        )
+    config, plan = plan_performance(
+        config,
+        hardware,
+        [len(sample.input_ids) for sample in [*train_samples, *dev_samples]],
+        world_size(),
+        packed,
+        method.supports_gradient_checkpointing,
+    )
     attention = choose_attention(loaded.model, device, config.performance.attention, packed)
+    log.info("%s", describe(plan, attention))
     model = prepare_model(loaded, config)
-    if config.performance.compile and device.type == "cuda":
+    if config.performance.compile is True and device.type == "cuda":
         compile_decoder_layers(model)
     if config.packing and not packed:
         log.warning(
@@ -478,6 +511,7 @@ def train(
         config, train_samples, dev_samples, loaded.tokenizer, packed, attention
     )
     args = build_training_arguments(config, output_dir, device, bool(dev_samples), config_dir)
+    clock = StepClock()
     trainer = WenzhenTrainer(
         model=model,
         args=args,
@@ -485,7 +519,7 @@ def train(
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=loaded.tokenizer,
-        callbacks=[ProgressBar(), MetricsLog(output_dir), *callbacks],
+        callbacks=[clock, ProgressBar(clock), MetricsLog(output_dir), *callbacks],
     )
     trainer.performance = config.performance
     trainer.dev_generation = dev_generation(data_dir, config, args, bool(dev_samples), loaded.model.config)
@@ -493,7 +527,7 @@ def train(
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     if args.should_save:
-        prepare_output_dir(output_dir, config, model_dir, loaded.family.name, reports, data_dir)
+        prepare_output_dir(output_dir, config, model_dir, loaded.family.name, reports, data_dir, plan)
         from torch.utils.tensorboard import SummaryWriter
 
         trainer.add_callback(TensorBoardCallback(tb_writer=SummaryWriter(str(output_dir / "tensorboard"))))
@@ -502,9 +536,10 @@ def train(
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - started
     final = save_final(trainer, output_dir)
-    summary = summarise(trainer, config, output_dir, final, device, seconds, reports, packed)
+    summary = summarise(trainer, config, output_dir, final, device, seconds, reports, packed, clock)
     if args.should_save:
         write_json(output_dir / SUMMARY_FILE, summary)
+        record_speed(output_dir, summary)
         plot_curve(read_metrics(output_dir / METRICS_FILE), output_dir / CURVE_FILE)
         shutil.rmtree(output_dir / STAGING, ignore_errors=True)
         log.info("%s", format_summary(summary))
@@ -528,6 +563,16 @@ def already_finished(output_dir: Path, resume_from: Path | None, config: TrainCo
     )
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
     return TrainResult(output_dir=output_dir, final_dir=final, summary=summary)
+
+
+def record_speed(output_dir: Path, summary: dict[str, Any]) -> None:
+    """Add the measured speed (wall time, overall and steady tokens/s) to run.json beside the plan it used."""
+    info = read_run_info(output_dir)
+    if info is None:
+        return
+    keys = ("train_seconds", "tokens", "tokens_per_second", "steady_tokens_per_second", "world_size")
+    measured = {key: summary[key] for key in keys}
+    write_run_info(output_dir, info.model_copy(update={"extra": {**info.extra, "speed": measured}}))
 
 
 def dev_generation(
@@ -565,8 +610,10 @@ def prepare_output_dir(
     chat_format: str,
     reports: dict[str, EncodingReport],
     data_dir: Path,
+    plan: SpeedPlan,
 ) -> None:
-    """Create the run folder, drop what a crash mid-save left in staging, record run.json and encoding.json."""
+    """Create the run folder, drop what a crash mid-save left in staging, record run.json (with the resolved
+    config and the performance plan) and encoding.json."""
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(output_dir / STAGING, ignore_errors=True)
     write_run_info(
@@ -576,7 +623,11 @@ def prepare_output_dir(
             base_model=str(model_dir.resolve()),
             chat_format=chat_format,
             config=config.model_dump(mode="json"),
-            extra={"method": config.method_name, "data_dir": str(data_dir.resolve())},
+            extra={
+                "method": config.method_name,
+                "data_dir": str(data_dir.resolve()),
+                "performance_plan": plan.as_dict(),
+            },
         ),
     )
     write_json(output_dir / ENCODING_FILE, {split: report.as_dict() for split, report in reports.items()})
