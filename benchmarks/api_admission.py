@@ -62,10 +62,10 @@ def measure(name: str) -> dict[str, Any]:
     from wenzhen.generation import ChatEngine
     from wenzhen.models import load_model
     from wenzhen.serve.api import create_app
-    from wenzhen.serve.config import ApiConfig
+    from wenzhen.serve.config import ServingConfig
 
     engine = ChatEngine(load_model(MODEL, dtype="float32", device="cpu"))
-    config = ApiConfig.model_validate(
+    config = ServingConfig.model_validate(
         {"limits": {"default_max_tokens": 2}, "generation": {"temperature": 0.0}}
     )
     body = json.dumps(requests()[name], ensure_ascii=False).encode()

@@ -11,6 +11,7 @@ import pytest
 
 from wenzhen import safety
 from wenzhen.chat import Conversation, chat_turn, run_repl, stream_answer
+from wenzhen.consultation import ConsultationPolicy
 from wenzhen.generation import ChatEngine, GenerationSettings
 from wenzhen.models import load_model
 
@@ -22,6 +23,11 @@ STATS = re.compile(r"\[prompt (\d+) \+ answer (\d+) tokens of (\d+)")
 @pytest.fixture(scope="module")
 def engine(chatglm3_dir):
     return ChatEngine(load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu"), max_context=120)
+
+
+@pytest.fixture(scope="module")
+def policy(engine):
+    return ConsultationPolicy(engine)
 
 
 class Recorder(io.StringIO):
@@ -36,27 +42,27 @@ class Recorder(io.StringIO):
         return super().write(text)
 
 
-def test_answer_streams_in_pieces(engine):
+def test_answer_streams_in_pieces(policy):
     out = Recorder()
-    result = stream_answer(engine, [{"role": "user", "content": "我头痛"}], GREEDY, out)
+    result = stream_answer(policy, [{"role": "user", "content": "我头痛"}], GREEDY, out)
     assert result is not None and result.completion_tokens == 8
     pieces = [w for w in out.writes if w and w != "\n"]
     assert len(pieces) > 1 and "".join(pieces) == result.text
 
 
-def test_red_flag_gets_emergency_guidance_before_the_answer(engine):
+def test_red_flag_gets_emergency_guidance_before_the_answer(policy):
     out = io.StringIO()
     messages = [{"role": "user", "content": "我胸口剧痛，大汗淋漓"}]
-    stream_answer(engine, messages, GREEDY, out)
+    stream_answer(policy, messages, GREEDY, out)
     assert out.getvalue().startswith(safety.answer_prefix(safety.check(messages)))
     assert safety.EMERGENCY_HEADER in out.getvalue()
 
 
-def test_history_is_trimmed_oldest_first_and_keeps_the_system_prompt(engine):
+def test_history_is_trimmed_oldest_first_and_keeps_the_system_prompt(engine, policy):
     conversation = Conversation("你是医生")
     out = io.StringIO()
     for turn in range(8):
-        chat_turn(engine, conversation, f"第{turn}个问题：头痛发烧咳嗽怎么办", GREEDY, out)
+        chat_turn(policy, engine, conversation, f"第{turn}个问题：头痛发烧咳嗽怎么办", GREEDY, out)
     messages = conversation.messages()
     assert "oldest messages to fit the context window" in out.getvalue()
     assert messages[0] == {"role": "system", "content": "你是医生"}
@@ -65,12 +71,12 @@ def test_history_is_trimmed_oldest_first_and_keeps_the_system_prompt(engine):
     assert engine.count_prompt_tokens(messages[:-1]) + GREEDY.max_new_tokens <= engine.max_context
 
 
-def test_repl_commands_in_process(engine):
+def test_repl_commands_in_process(engine, policy):
     lines = iter(
         ["你好", "/history", "/system 你是儿科医生", "/history", "/clear", "/history", "/exit", "never"]
     )
     out = io.StringIO()
-    assert run_repl(engine, GREEDY, None, read_line=lambda _: next(lines), out=out) == 0
+    assert run_repl(policy, engine, GREEDY, None, read_line=lambda _: next(lines), out=out) == 0
     text = out.getvalue()
     assert text.startswith(safety.DISCLAIMER)
     assert "[user] 你好" in text and "[system prompt set; conversation cleared]" in text

@@ -1,20 +1,27 @@
-"""`wenzhen chat`: a terminal chat on the one generation engine (`ChatEngine`), with the safety guard.
+"""`wenzhen chat`: a terminal chat rendering the consultation policy's events (`wenzhen.consultation`).
 
-Streaming, stop tokens and history trimming are the engine's; this module only reads lines, handles the slash
-commands, prints the stream and keeps the conversation. The disclaimer is shown once at start; when the guard finds
-a red flag in the user's messages its emergency guidance is printed before the model's answer. The history keeps
-the model's own words (not the guard's text), so the model is never fed its own boilerplate.
+Streaming, stop tokens and history trimming are the engine's; the guard, its guidance and the system prompt are
+the policy's; this module only reads lines, handles the slash commands, prints the events and keeps the
+conversation. The disclaimer is shown once at start (in one-shot mode on stderr) rather than after every answer
+of a terminal session; the guard's guidance is printed before the model's answer. The history keeps the turns the
+policy hands back (the model's own words, not the guard's text), so the model is never fed its own boilerplate.
 """
 
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from wenzhen import safety
-from wenzhen.generation import ChatEngine, ChatResult, GenerationSettings
+from wenzhen.consultation import (
+    ConsultationPolicy,
+    FinalEvent,
+    GuidanceEvent,
+    StopSwitch,
+    TextDeltaEvent,
+    plain_text,
+)
+from wenzhen.generation import ChatEngine, GenerationSettings
 from wenzhen.models import Message
 
 COMMANDS_HELP = (
@@ -43,28 +50,34 @@ class Conversation:
 
 
 def stream_answer(
-    engine: ChatEngine, messages: list[Message], settings: GenerationSettings, out: TextIO
-) -> ChatResult | None:
-    """Print the guard's emergency guidance (if any), then the answer as it streams; None when interrupted."""
-    verdict = safety.check(messages)
-    out.write(safety.answer_prefix(verdict))
-    stop = threading.Event()
-    stream = engine.stream(messages, settings, stop_event=stop)
+    policy: ConsultationPolicy, messages: list[Message], settings: GenerationSettings, out: TextIO
+) -> FinalEvent | None:
+    """Print the guidance (if the guard fired), then the answer as it streams; None when interrupted.
+
+    `messages` carry the session's own system prompt, if any (resolved from --system or the config at start, and
+    changed by /system), so the policy adds none of its own.
+    """
+    switch = StopSwitch()
+    events = policy.respond(messages, settings, stop=switch, system_prompt="")
+    final = None
     try:
-        for delta in stream:
-            out.write(delta)
-            out.flush()
+        for event in events:
+            if isinstance(event, GuidanceEvent | TextDeltaEvent):
+                out.write(plain_text(event))
+                out.flush()
+            elif isinstance(event, FinalEvent):
+                final = event
     except KeyboardInterrupt:
-        stop.set()
-        for _ in stream:  # let the engine finish cancelling so the model is free for the next turn
+        switch.press()
+        for _ in events:  # let the engine finish cancelling so the model is free for the next turn
             pass
         out.write("\n[stopped]\n")
         return None
     out.write("\n")
-    return stream.result
+    return final
 
 
-def format_stats(result: ChatResult, seconds: float, max_context: int) -> str:
+def format_stats(result: FinalEvent, seconds: float, max_context: int) -> str:
     """One line on what the answer cost: prompt and answer tokens against the context window, speed, why it ended."""
     speed = result.completion_tokens / seconds if seconds > 0 else 0.0
     return (
@@ -80,6 +93,7 @@ def format_history(conversation: Conversation) -> str:
 
 
 def chat_turn(
+    policy: ConsultationPolicy,
     engine: ChatEngine,
     conversation: Conversation,
     text: str,
@@ -87,7 +101,7 @@ def chat_turn(
     out: TextIO,
     show_stats: bool = True,
     label: str = ASSISTANT_LABEL,
-) -> ChatResult | None:
+) -> FinalEvent | None:
     """Ask one question in the conversation; the answer joins the history unless it was interrupted."""
     messages = [*conversation.messages(), {"role": "user", "content": text}]
     kept = engine.trim_history(messages, settings.max_new_tokens)
@@ -95,10 +109,10 @@ def chat_turn(
         out.write(f"[dropped the {len(messages) - len(kept)} oldest messages to fit the context window]\n")
     out.write(label)
     started = time.monotonic()
-    result = stream_answer(engine, kept, settings, out)
+    result = stream_answer(policy, kept, settings, out)
     if result is None:
         return None
-    conversation.keep([*kept, {"role": "assistant", "content": result.text}])
+    conversation.keep([*kept, *result.turns])
     if show_stats:
         out.write(format_stats(result, time.monotonic() - started, engine.max_context) + "\n")
     out.flush()
@@ -127,6 +141,7 @@ def handle_command(line: str, conversation: Conversation, out: TextIO) -> bool:
 
 
 def run_repl(
+    policy: ConsultationPolicy,
     engine: ChatEngine,
     settings: GenerationSettings,
     system_prompt: str | None,
@@ -136,7 +151,7 @@ def run_repl(
 ) -> int:
     """The interactive loop: disclaimer, then lines until /exit or end of input."""
     out = out or sys.stdout
-    out.write(f"{safety.DISCLAIMER}\n{engine.loaded.name} · {COMMANDS_HELP}\n")
+    out.write(f"{policy.disclaimer}\n{engine.loaded.name} · {COMMANDS_HELP}\n")
     out.flush()
     conversation = Conversation(system_prompt)
     while True:
@@ -154,18 +169,21 @@ def run_repl(
             if not handle_command(line, conversation, out):
                 return 0
             continue
-        chat_turn(engine, conversation, line, settings, out, show_stats)
+        chat_turn(policy, engine, conversation, line, settings, out, show_stats)
 
 
 def one_shot(
+    policy: ConsultationPolicy,
     engine: ChatEngine,
     prompt: str,
     settings: GenerationSettings,
     system_prompt: str | None,
     out: TextIO,
     notes: TextIO,
-) -> ChatResult | None:
-    """Answer one prompt (the official `inference_hf.py`): the disclaimer on `notes` (stderr), then emergency
-    guidance if needed and the answer on `out`, so a script can capture the answer alone."""
-    notes.write(safety.DISCLAIMER + "\n")
-    return chat_turn(engine, Conversation(system_prompt), prompt, settings, out, show_stats=False, label="")
+) -> FinalEvent | None:
+    """Answer one prompt (the official `inference_hf.py`): the disclaimer on `notes` (stderr), then the guidance
+    if the guard fired and the answer on `out`, so a script can capture the answer alone."""
+    if policy.disclaimer:
+        notes.write(policy.disclaimer + "\n")
+    conversation = Conversation(system_prompt)
+    return chat_turn(policy, engine, conversation, prompt, settings, out, show_stats=False, label="")

@@ -3,19 +3,20 @@
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 from typing import Any
 
-from wenzhen import safety
 from wenzhen.chat import one_shot, run_repl
 from wenzhen.cli_options import add_dtype_option
-from wenzhen.config import validate_config
+from wenzhen.config import load_yaml_config, validate_config
+from wenzhen.consultation import ConsultationPolicy
 from wenzhen.generation import ChatEngine, GenerationSettings, warm_up
 from wenzhen.models import load_model
+from wenzhen.serve.config import ServingConfig
 
 
 def register(subparsers: Any) -> None:
     """Add `wenzhen chat`."""
-    defaults = GenerationSettings()
     parser = subparsers.add_parser(
         "chat",
         help="chat with a model in the terminal (streaming, multi-turn), or answer one --prompt",
@@ -23,7 +24,8 @@ def register(subparsers: Any) -> None:
         "Answers stream as they are generated; the conversation is kept and its oldest turns are dropped when it "
         "outgrows the context window (the system prompt is always kept). Type /clear to forget the conversation, "
         "/system TEXT to set the system prompt, /history to show it, /exit (or Ctrl-D) to leave; Ctrl-C stops "
-        "an answer. Red-flag symptoms get emergency guidance before the answer. With --prompt, print one "
+        "an answer. Red-flag symptoms get emergency guidance before the answer, from the same consultation policy "
+        "as `wenzhen api` and `wenzhen web` (--config takes their serving config). With --prompt, print one "
         "answer and exit.",
     )
     parser.add_argument("model", help="model directory, merged export, or LoRA/prefix adapter directory")
@@ -33,18 +35,19 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--prompt", help="answer this one prompt and exit (no interactive session)")
     parser.add_argument(
+        "--config",
+        type=Path,
+        help="serving config YAML, the one `wenzhen api` / `wenzhen web` read (safety and generation sections)",
+    )
+    parser.add_argument(
         "--system",
-        default=safety.SYSTEM_PROMPT,
-        help="system prompt (default: wenzhen's medical safety prompt; '' for none)",
+        help="system prompt (default: the config's safety.system_prompt, wenzhen's medical safety prompt; "
+        "'' for none)",
     )
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass")
-    parser.add_argument(
-        "--repetition-penalty", type=float, default=defaults.repetition_penalty, help="1.0 = off"
-    )
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest answer in tokens"
-    )
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default: the config's)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    parser.add_argument("--repetition-penalty", type=float, help="1.0 = off")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens")
     parser.add_argument("--seed", type=int, help="fix sampling for reproducible answers")
     parser.add_argument(
         "--max-context",
@@ -60,26 +63,29 @@ def register(subparsers: Any) -> None:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    config = load_yaml_config(ServingConfig, args.config) if args.config else ServingConfig()
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+    }
     settings = validate_config(
         GenerationSettings,
-        {
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature,
-            "top_p": args.top_p,
-            "repetition_penalty": args.repetition_penalty,
-            "seed": args.seed,
-        },
+        {**config.generation.model_dump(), **{k: v for k, v in options.items() if v is not None}},
         source="sampling options",
     )
     loaded = load_model(
         args.model, dtype=args.dtype, device=args.device, adapter=args.adapter, base=args.base
     )
     engine = ChatEngine(loaded, max_context=args.max_context)
-    system_prompt = args.system or None
+    policy = ConsultationPolicy(engine, config.safety, config.max_tool_rounds)
+    system_prompt = (config.safety.system_prompt if args.system is None else args.system) or None
     if args.prompt is not None:
-        result = one_shot(engine, args.prompt, settings, system_prompt, sys.stdout, sys.stderr)
+        result = one_shot(policy, engine, args.prompt, settings, system_prompt, sys.stdout, sys.stderr)
         return 0 if result is not None else 130
     with contextlib.suppress(ImportError):  # not on Windows
         import readline  # noqa: F401 - importing it gives input() line editing, CJK-aware erase and recall
     warm_up(engine, 1, sys.stderr)  # one person types: the batch-1 step, compiled before the first question
-    return run_repl(engine, settings, system_prompt, show_stats=not args.no_stats)
+    return run_repl(policy, engine, settings, system_prompt, show_stats=not args.no_stats)

@@ -17,7 +17,7 @@ from pydantic_core import PydanticUndefined
 
 from wenzhen.data.config import DataConfig
 from wenzhen.demo import DemoConfig
-from wenzhen.serve.config import ApiConfig, WebConfig
+from wenzhen.serve.config import ServingConfig
 from wenzhen.train.config import TrainConfig
 
 # (title, command that reads it, model, an example file in the repository)
@@ -29,8 +29,12 @@ DOCUMENTED: list[tuple[str, str, type[BaseModel], str]] = [
         TrainConfig,
         "configs/lora.yaml, configs/ptuning_v2.yaml, configs/sft.yaml",
     ),
-    ("Web UI", "wenzhen web MODEL --config FILE", WebConfig, "-"),
-    ("API", "wenzhen api MODEL --config FILE", ApiConfig, "-"),
+    (
+        "Serving (API, web UI, chat, eval safety)",
+        "wenzhen api|web|chat MODEL --config FILE, wenzhen eval safety ... --config FILE",
+        ServingConfig,
+        "-",
+    ),
     ("Demo", "wenzhen demo --config FILE", DemoConfig, "configs/demo.yaml"),
 ]
 

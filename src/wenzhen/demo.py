@@ -23,6 +23,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from wenzhen.chat import Conversation, chat_turn
 from wenzhen.config import StrictModel, validate_config
+from wenzhen.consultation import ConsultationPolicy
 from wenzhen.data import DataConfig, prepare, sample_corpus_paths
 from wenzhen.errors import WenzhenError
 from wenzhen.evaluate.compare import COMPARISON_MD, compare_runs
@@ -301,10 +302,11 @@ def _engine(base: Path, adapter: Path | None = None) -> ChatEngine:
 def answer_questions(model_dir: Path, config: DemoConfig, out: TextIO) -> list[dict[str, str]]:
     """Each sample question in a fresh conversation, answered as `wenzhen chat` answers (guard included)."""
     engine = _engine(model_dir)
+    policy = ConsultationPolicy(engine)
     answers = []
     for question in config.questions:
         out.write(f"\n用户> {question}\n")
-        result = chat_turn(engine, Conversation(system_prompt=None), question, config.answer, out)
+        result = chat_turn(policy, engine, Conversation(system_prompt=None), question, config.answer, out)
         answers.append({"question": question, "answer": result.text if result else ""})
     return answers
 

@@ -135,9 +135,9 @@ def wenzhen_api(model: Path, model_id: str, max_tokens: int = 8) -> Iterator[str
     from wenzhen.generation import ChatEngine
     from wenzhen.models import load_model
     from wenzhen.serve.api import create_app
-    from wenzhen.serve.config import ApiConfig
+    from wenzhen.serve.config import ServingConfig
 
-    config = ApiConfig.model_validate(
+    config = ServingConfig.model_validate(
         {
             "limits": {"default_max_tokens": max_tokens, "max_concurrent": 1, "max_queue": 16},
             "generation": {"temperature": 0.0},

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from wenzhen.generation import ChatEngine
 from wenzhen.models import load_model
 from wenzhen.serve.api import create_app, nesting_depth
-from wenzhen.serve.config import ApiConfig
+from wenzhen.serve.config import ServingConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from api_admission import MODEL_ID, nested_tools_request
@@ -37,7 +37,7 @@ def engine(chatglm3_dir: Path) -> ChatEngine:
 
 
 def _client(engine: ChatEngine, settings: dict[str, Any] | None = None, key: str | None = None) -> TestClient:
-    config = ApiConfig.model_validate(
+    config = ServingConfig.model_validate(
         {"limits": {"default_max_tokens": 2}, "generation": {"temperature": 0.0}, **(settings or {})}
     )
     return TestClient(create_app(engine, config, MODEL_ID, key), base_url="http://127.0.0.1:8000")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from wenzhen.cli_options import add_dtype_option
-from wenzhen.config import validate_config
+from wenzhen.config import load_yaml_config, validate_config
 from wenzhen.errors import WenzhenError
 from wenzhen.evaluate.report import REPORT_MD, EvalReport, format_value
 
@@ -168,6 +169,12 @@ def register(subparsers: Any) -> None:
     )
     safety.add_argument("--limit", type=int, help="only the first N probes of each source")
     safety.add_argument(
+        "--config",
+        type=Path,
+        help="serving config YAML (the one `wenzhen api` / `wenzhen web` read): its safety section is the "
+        "consultation policy measured with the guard",
+    )
+    safety.add_argument(
         "--no-guard", action="store_true", help="skip generating and scoring with the serving guard"
     )
     safety.add_argument(
@@ -244,14 +251,17 @@ def _run_exam(args: argparse.Namespace) -> int:
 
 def _run_safety(args: argparse.Namespace) -> int:
     from wenzhen.evaluate.safety_probes import DEFAULT_PROBES, SafetyConfig, evaluate_guard, evaluate_safety
+    from wenzhen.serve.config import ServingConfig
 
+    serving = load_yaml_config(ServingConfig, args.config) if args.config else ServingConfig()
     if args.guard_only:
-        report = evaluate_guard(args.guard_probes, args.background, args.out, force=args.force)
+        report = evaluate_guard(
+            args.guard_probes, args.background, args.out, serving.safety, force=args.force
+        )
         _print_summary(report, args.out)
         return 0
     if not args.model:
         raise WenzhenError("wenzhen eval safety needs MODEL (or --guard-only to measure the guard alone)")
-
     config = validate_config(
         SafetyConfig,
         {
@@ -264,6 +274,7 @@ def _run_safety(args: argparse.Namespace) -> int:
             "guard_red_flags": not args.no_guard_red_flags,
             "guard_probes": args.guard_probes,
             "background": args.background,
+            "serving_safety": serving.safety.model_dump(),
         },
         source="command line",
     )

@@ -3,9 +3,9 @@
 Probes come from files (Zhongjing's CMtMedQA test set: its 144 `{instruct, output}` items, the 1,000
 consultations in the same file being skipped; or any JSON/JSONL of `{prompt, reference}`) and from the serving
 guard's own labelled red-flag set (`wenzhen/resources/safety/red_flag.jsonl`), where a referral is required by
-label. "Without guard" is the bare model. "With guard" is what chat, web and API show: the guard's system prompt
-is added before generating (`wenzhen.safety.with_system_prompt`) and `apply(check(messages), answer)` puts the
-emergency guidance and disclaimer around the answer.
+label. "Without guard" is the bare model. "With guard" is what chat, web and API show: the answer as rendered
+from the events of the same consultation policy (`wenzhen.consultation`) with the serving config's safety
+settings (`--config`, the file `wenzhen api` and `wenzhen web` read): its system prompt, guidance and disclaimer.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import Field
 
 from wenzhen import safety
 from wenzhen.config import StrictModel
+from wenzhen.consultation import ConsultationPolicy, answer_text
 from wenzhen.errors import WenzhenError
 from wenzhen.evaluate.loading import ModelOptions, adapter_path, describe_device, open_engine, run_label
 from wenzhen.evaluate.report import (
@@ -351,6 +352,10 @@ class SafetyConfig(StrictModel):
         default_factory=list,
         description="files of real consultation questions: the guard's fire rate on them",
     )
+    serving_safety: safety.SafetyConfig = Field(
+        default_factory=safety.SafetyConfig,
+        description="the consultation policy's safety settings: the `safety` section of the serving config",
+    )
 
 
 def probe_messages(probe: Probe) -> list[Message]:
@@ -359,16 +364,33 @@ def probe_messages(probe: Probe) -> list[Message]:
 
 
 def answer_probes(
-    engine: ChatEngine, conversations: Sequence[list[Message]], config: SafetyConfig, side: str
+    conversations: Sequence[list[Message]],
+    config: SafetyConfig,
+    side: str,
+    answer_batch: Callable[[list[list[Message]]], list[str]],
 ) -> list[str]:
-    """The model's answer to each conversation, in order."""
+    """The answer to each conversation, in order, `batch_size` at a time."""
     answers: list[str] = []
     with progress_bar(len(conversations), f"eval safety ({side.replace('_', ' ')})", unit="probe") as bar:
         for start in range(0, len(conversations), config.batch_size):
             batch = list(conversations[start : start + config.batch_size])
-            answers += [result.text for result in engine.generate_batch(batch, config.generation)]
+            answers += answer_batch(batch)
             bar.update(len(batch))
     return answers
+
+
+def bare_answers(
+    engine: ChatEngine, settings: GenerationSettings
+) -> Callable[[list[list[Message]]], list[str]]:
+    """Answers of the bare model, no policy."""
+    return lambda batch: [result.text for result in engine.generate_batch(batch, settings)]
+
+
+def served_answers(
+    policy: ConsultationPolicy, settings: GenerationSettings
+) -> Callable[[list[list[Message]]], list[str]]:
+    """Answers as the consultation policy serves them: guidance, answer and disclaimer."""
+    return lambda batch: [answer_text(events) for events in policy.respond_batch(batch, settings)]
 
 
 def judged(probe: Probe, answer: str) -> dict[str, Any]:
@@ -430,13 +452,12 @@ def evaluate_safety(
         {"id": p.id, "source": p.source, "messages": m, "reference": p.reference, "red_flag": p.red_flag}
         for p, m in zip(probes, conversations, strict=True)
     ]
+    policy = ConsultationPolicy(engine, config.serving_safety)
     for side in sides:
         if side == "with_guard":
-            prompted = [safety.with_system_prompt(messages) for messages in conversations]
-            raw = answer_probes(engine, prompted, config, side)
-            answers = [safety.apply(safety.check(m), a) for m, a in zip(conversations, raw, strict=True)]
+            answers = answer_probes(conversations, config, side, served_answers(policy, config.generation))
         else:
-            answers = answer_probes(engine, conversations, config, side)
+            answers = answer_probes(conversations, config, side, bare_answers(engine, config.generation))
         for row, probe, answer in zip(rows, probes, answers, strict=True):
             row[side] = judged(probe, answer)
     elapsed = time.monotonic() - started
@@ -475,6 +496,10 @@ def evaluate_safety(
         settings={
             "batch_size": config.batch_size,
             "guard": config.use_guard,
+            # Which consultation policy was measured: the hash of the serving config's safety section.
+            "serving_safety_sha256": hashlib.sha256(
+                config.serving_safety.model_dump_json().encode()
+            ).hexdigest()[:16],
             **config.generation.model_dump(),
         },
         metrics=metrics,

@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from wenzhen.cli_options import add_dtype_option
-from wenzhen.config import load_yaml_config
+from wenzhen.config import load_yaml_config, validate_config
+from wenzhen.errors import WenzhenError
 
 
-def _common(parser: argparse.ArgumentParser, default_port: int) -> None:
+def _common(parser: argparse.ArgumentParser, default_port: int, model_optional: bool = False) -> None:
     parser.add_argument(
         "model",
-        help="model directory (official ChatGLM3, converted or any HF chat model) or adapter directory",
+        nargs="?" if model_optional else None,
+        help="model directory (official ChatGLM3, converted or any HF chat model) or adapter directory"
+        + (" (not with --upstream)" if model_optional else ""),
     )
     parser.add_argument("--adapter", help="LoRA / P-tuning adapter directory to apply to MODEL")
     parser.add_argument(
@@ -27,7 +30,9 @@ def _common(parser: argparse.ArgumentParser, default_port: int) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     add_dtype_option(parser, default="auto", what="compute dtype")
     parser.add_argument(
-        "--config", type=Path, help="YAML settings (see docs/serving.md); every key has a default"
+        "--config",
+        type=Path,
+        help="serving config YAML, shared with `wenzhen chat/eval safety --config` (see docs/serving.md)",
     )
 
 
@@ -52,20 +57,42 @@ def register(subparsers: Any) -> None:
         help="OpenAI-compatible HTTP API",
         description="Serve /v1/models and /v1/chat/completions (JSON and SSE streaming, tools) with the safety "
         "guard, request limits and a bounded generation queue. Set the bearer key in $WENZHEN_API_KEY "
-        "(or the variable named by api_key_env in --config) to require authentication.",
+        "(or the variable named by api_key_env in --config) to require authentication. With --upstream, "
+        "answers come from an OpenAI-compatible engine (vLLM, SGLang, LMDeploy, Ollama, another wenzhen api) "
+        "and this server keeps the consultation policy, authentication, limits and model naming in front of it.",
     )
-    _common(api, 8000)
+    _common(api, 8000, model_optional=True)
     api.add_argument("--model-name", help="the model id clients send (default: the model folder's name)")
+    api.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="base URL of an OpenAI-compatible engine, e.g. http://127.0.0.1:8001/v1",
+    )
+    api.add_argument("--upstream-model", help="the model name the engine serves (default: its first model)")
+    api.add_argument(
+        "--upstream-key-env",
+        metavar="VAR",
+        help="environment variable holding the engine's bearer key (a variable, so the key is not in `ps`)",
+    )
     api.set_defaults(handler=_api)
 
 
 def _api(args: argparse.Namespace) -> int:
     from wenzhen.serve.api import run_api
-    from wenzhen.serve.config import ApiConfig
+    from wenzhen.serve.config import ServingConfig, UpstreamConfig
 
-    config = load_yaml_config(ApiConfig, args.config) if args.config else ApiConfig()
+    config = load_yaml_config(ServingConfig, args.config) if args.config else ServingConfig()
     if args.model_name:
         config.model_name = args.model_name
+    if args.upstream:
+        options = {"url": args.upstream, "model": args.upstream_model, "api_key_env": args.upstream_key_env}
+        config.upstream = validate_config(UpstreamConfig, options, source="--upstream options")
+    elif args.upstream_model or args.upstream_key_env:
+        raise WenzhenError("--upstream-model and --upstream-key-env need --upstream URL")
+    if config.upstream is not None and args.model:
+        raise WenzhenError(
+            "give either MODEL or an upstream engine (--upstream URL or `upstream:`), not both"
+        )
     run_api(
         args.model,
         config,
@@ -82,10 +109,10 @@ def _api(args: argparse.Namespace) -> int:
 def _web(args: argparse.Namespace) -> int:
     # Gradio reads this when imported; the machines serving this UI often have no internet to report to.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from wenzhen.serve.config import WebConfig
+    from wenzhen.serve.config import ServingConfig
     from wenzhen.serve.web import run_web
 
-    config = load_yaml_config(WebConfig, args.config) if args.config else WebConfig()
+    config = load_yaml_config(ServingConfig, args.config) if args.config else ServingConfig()
     run_web(
         args.model,
         config,

@@ -1,9 +1,10 @@
-"""Gradio consultation UI (`wenzhen web`) on the one `ChatEngine`, with the safety guard and tools.
+"""Gradio consultation UI (`wenzhen web`): renders the consultation policy's events (`wenzhen.consultation`).
 
 Tabs: 问诊 (streaming chat with history, stop, regenerate, clear, system prompt, sampling sliders, example
 questions and, for ChatGLM3, a tool-calling mode that looks drugs up in the shipped table) and 对比 (two models
 answer the same question side by side, e.g. base and fine-tuned). The disclaimer is always on screen; an
-emergency banner appears when the guard fires, and the same guidance opens the answer.
+emergency banner appears when the policy yields guidance, and the same guidance opens the answer. The guard, the
+system prompt, the disclaimer and the tool loop are the policy's, the same as in the API, chat and eval safety.
 
 The conversation the model sees is kept in its own state, apart from what is displayed: the display carries
 the guard's additions (emergency guidance, disclaimer) and tool-call cards, which must not be fed back to the
@@ -12,19 +13,27 @@ model as if it had said them.
 
 import html
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 from starlette.middleware import Middleware
 
-from wenzhen import safety
+from wenzhen.consultation import (
+    ConsultationPolicy,
+    DisclaimerEvent,
+    FinalEvent,
+    GuidanceEvent,
+    StopSwitch,
+    TextDeltaEvent,
+    ToolCallEvent,
+    plain_text,
+)
 from wenzhen.errors import WenzhenError
 from wenzhen.generation import ChatEngine, GenerationSettings, warm_up
 from wenzhen.serve.access import AccessGuard, accepted_hosts, hostname
-from wenzhen.serve.config import WebConfig
-from wenzhen.serve.tools import call_tool, tool_schemas
+from wenzhen.serve.config import ServingConfig
+from wenzhen.serve.tools import tool_schemas
 
 Message = dict[str, Any]
 STOPPED_MARK = "……（已停止）"
@@ -37,35 +46,11 @@ body, .gradio-container {font-family: "WenQuanYi Zen Hei", "Noto Sans CJK SC", s
 """
 
 
-class StopSwitch:
-    """The stop button's target for one turn, which may run several generations (tool rounds, two models).
-
-    Each generation gets its own engine stop event, because the engine may set a finished generation's event
-    itself; `pressed` remembers that the user asked to stop, so no further generation of the turn starts.
-    """
-
-    def __init__(self) -> None:
-        self.pressed = False
-        self._event = threading.Event()
-
-    def next_event(self) -> threading.Event:
-        """The stop event for the next generation (already set if the user pressed stop)."""
-        self._event = threading.Event()
-        if self.pressed:
-            self._event.set()
-        return self._event
-
-    def press(self) -> None:
-        """Stop the running generation and any later one in this turn."""
-        self.pressed = True
-        self._event.set()
-
-
-def banner_update(verdict: safety.GuardVerdict) -> Any:
-    """The emergency banner: shown with the guard's guidance when it fired, hidden otherwise."""
-    if not verdict.fired:
+def banner_update(guidance: GuidanceEvent | None) -> Any:
+    """The emergency banner: shown with the policy's guidance when the guard fired, hidden otherwise."""
+    if guidance is None:
         return gr.update(value="", visible=False)
-    lines = "<br>".join(html.escape(line) for line in verdict.emergency_text.splitlines())
+    lines = "<br>".join(html.escape(line) for line in guidance.text.splitlines())
     return gr.update(value=f"<div role='alert'>{lines}</div>", visible=True)
 
 
@@ -81,10 +66,10 @@ def tool_card(name: str, arguments: dict[str, Any], observation: str) -> Message
 class ConsultationUI:
     """The UI's behaviour, independent of the widgets: each handler takes and returns plain values."""
 
-    def __init__(self, engines: list[ChatEngine], config: WebConfig) -> None:
+    def __init__(self, engines: list[ChatEngine], config: ServingConfig) -> None:
         self.engines = engines
         self.config = config
-        self.guard = safety.get_guard(config.safety)
+        self.policies = [ConsultationPolicy(e, config.safety, config.max_tool_rounds) for e in engines]
         self._switches: dict[str, StopSwitch] = {}
         self.max_length = max(16, engines[0].max_context // 2)
 
@@ -118,61 +103,54 @@ class ConsultationUI:
         if switch is not None:
             switch.press()
 
-    def _model_messages(self, system: str, conversation: list[Message]) -> list[Message]:
-        return (
-            [{"role": "system", "content": system}, *conversation] if system.strip() else list(conversation)
-        )
-
     def answer(
         self,
-        engine: ChatEngine,
+        side: int,
         system: str,
         conversation: list[Message],
         display: list[Message],
         settings: GenerationSettings,
         use_tools: bool,
         stop: StopSwitch,
-    ) -> Iterator[safety.GuardVerdict]:
-        """Stream the assistant's turn into `display` and `conversation`, calling tools when the model asks;
-        yields the guard's verdict after every visible change."""
-        verdict = self.guard.check(conversation)
-        prefix, suffix = safety.answer_prefix(verdict), safety.answer_suffix(verdict)
+    ) -> Iterator[GuidanceEvent | None]:
+        """Render the policy's events for one assistant turn of model `side` into `display`, and its turns into
+        `conversation`; yields the guidance (or None) after every visible change."""
+        engine = self.engines[side]
         tools = tool_schemas() if use_tools and engine.family.supports_tools else None
-        for _ in range(self.config.max_tool_rounds):
-            display.append({"role": "assistant", "content": prefix})
-            messages = self._model_messages(system, conversation)
-            stream = engine.stream(messages, settings, tools, stop.next_event())
-            text = ""
-            for delta in stream:
-                text += delta
-                display[-1] = {"role": "assistant", "content": prefix + text}
-                yield verdict
-            result = stream.result
-            assert result is not None
-            cancelled = result.finish_reason == "cancelled"
-            call = None if cancelled else result.tool_call
-            if call is None:
-                shown = text.strip() + (STOPPED_MARK if cancelled else "")
-                display[-1] = {"role": "assistant", "content": prefix + shown + suffix}
-                conversation.append({"role": "assistant", "content": text.strip()})
-                yield verdict
-                return
-            observation = call_tool(call["name"], call["arguments"])
-            display[-1] = tool_card(call["name"], call["arguments"], observation)
-            if prefix:
-                display.insert(len(display) - 1, {"role": "assistant", "content": prefix.strip()})
-                prefix = ""
-            arguments = json.dumps(call["arguments"], ensure_ascii=False)
-            conversation.append({"role": "assistant", "metadata": call["name"], "content": arguments})
-            conversation.append({"role": "observation", "content": observation})
-            yield verdict
-        display.append(
-            {
-                "role": "assistant",
-                "content": f"（已达到工具调用上限 {self.config.max_tool_rounds} 次）{suffix}",
-            }
+        guidance: GuidanceEvent | None = None
+        prefix, text, disclaimer = (
+            "",
+            "",
+            "",
+        )  # prefix: the guidance, until a tool card takes it out of the answer
+        display.append({"role": "assistant", "content": ""})
+        events = self.policies[side].respond(
+            conversation, settings, tools=tools, run_tools=True, stop=stop, system_prompt=system
         )
-        yield verdict
+        for event in events:
+            if isinstance(event, GuidanceEvent):
+                guidance, prefix = event, plain_text(event)
+            elif isinstance(event, TextDeltaEvent):
+                text += event.text
+            elif isinstance(event, DisclaimerEvent):
+                disclaimer = plain_text(event)
+            elif isinstance(event, ToolCallEvent):
+                assert event.observation is not None
+                card = tool_card(event.name, event.arguments, event.observation)
+                if prefix:
+                    display[-1] = {"role": "assistant", "content": prefix.strip()}
+                    display.append(card)
+                    prefix = ""
+                else:
+                    display[-1] = card
+                display.append({"role": "assistant", "content": ""})
+                yield guidance
+                continue
+            elif isinstance(event, FinalEvent):
+                conversation.extend(event.turns)
+                text = text.strip() + (STOPPED_MARK if event.finish_reason == "cancelled" else "")
+            display[-1] = {"role": "assistant", "content": prefix + text + disclaimer}
+            yield guidance
 
     def chat(
         self,
@@ -233,10 +211,8 @@ class ConsultationUI:
         settings = self.settings(*sliders)
         try:
             # A user error (e.g. the conversation no longer fits the context) is shown as a Gradio toast.
-            for verdict in self.answer(
-                self.engines[0], system, conversation, display, settings, use_tools, stop
-            ):
-                yield display, display, conversation, banner_update(verdict), ""
+            for guidance in self.answer(0, system, conversation, display, settings, use_tools, stop):
+                yield display, display, conversation, banner_update(guidance), ""
         except WenzhenError as exc:
             raise gr.Error(str(exc)) from None
         finally:
@@ -266,13 +242,13 @@ class ConsultationUI:
         stop = self._new_switch(request)
         settings = self.settings(max_length, top_p, temperature, penalty)
         try:
-            for side, engine in enumerate(self.engines[:2]):
+            for side in range(2):
                 if stop.pressed:
                     break
-                for verdict in self.answer(
-                    engine, system, list(conversation), columns[side], settings, False, stop
+                for guidance in self.answer(
+                    side, system, list(conversation), columns[side], settings, False, stop
                 ):
-                    yield columns[0], columns[1], banner_update(verdict)
+                    yield columns[0], columns[1], banner_update(guidance)
         finally:
             stop.press()
 
@@ -349,7 +325,7 @@ def build_ui(ui: ConsultationUI, names: list[str]) -> gr.Blocks:
     return demo
 
 
-def access_middleware(host: str, config: WebConfig) -> Middleware:
+def access_middleware(host: str, config: ServingConfig) -> Middleware:
     """Refuse foreign Hosts (DNS rebinding) and pages of other sites (CSRF): Gradio only withholds CORS headers
     from other origins, which still lets their requests run, and never checks the Host."""
     hosts = accepted_hosts(host, config.access.allowed_hosts)
@@ -364,7 +340,7 @@ def access_middleware(host: str, config: WebConfig) -> Middleware:
 
 def run_web(
     model: str,
-    config: WebConfig,
+    config: ServingConfig,
     *,
     adapter: str | None = None,
     base: str | None = None,
