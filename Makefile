@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps clean
+.PHONY: demo test lint system-deps clean llama
 
 # On a machine without an NVIDIA GPU, torch is pinned to the CPU build and installed first: an unpinned torch
 # pulls a multi-GB CUDA build. On a GPU machine the venv sees the user's own torch (system site packages).
@@ -35,5 +35,18 @@ lint: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q
 
+# llama.cpp through llama-cpp-python, for the GGUF export checks (tests/export/test_gguf_llama_cpp.py skips
+# without it). Its own venv: PyPI has only the source distribution, which compiles llama.cpp (~5 min on 2 cores).
+# GGML_NATIVE=OFF: the native build detects AMX on some Xeons and crashes at the first generation.
+LLAMA_VENV := .venv-llama
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+$(LLAMA_VENV)/.installed:
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/pip install -q --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(LLAMA_VENV)/bin/pip install -q $(LLAMA_CPP_PYTHON)
+	@touch $@
+
+llama: $(LLAMA_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) $(LLAMA_VENV) .pytest_cache .mypy_cache
