@@ -390,7 +390,9 @@ class ChatGLMArchitecture(GGUFArchitecture):
                 )
             ]
         for native in native_names:
-            inverse[gguf_name(names, self._official_name(native))] = native.rsplit(".", 1)[0]
+            inverse[gguf_name(names, self._official_name(native)).rsplit(".", 1)[0]] = native.rsplit(".", 1)[
+                0
+            ]
         head_dim = int(config.head_dim)
         sizes = [int(config.num_attention_heads) * head_dim] + [
             int(config.num_key_value_heads) * head_dim

@@ -6,6 +6,7 @@
 
 import gc
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,19 +141,22 @@ def verify_merge(
 GGUF_RELATIVE_TOLERANCE = {"f16": 1e-2, "q8_0": 5e-2}
 
 
-def read_gguf_state(file: Path, source: "GGUFSource") -> dict[str, torch.Tensor]:
-    """The GGUF's tensors dequantised to fp32 under native transformers names (the `gguf` package's reader)."""
+def read_gguf_tensors(
+    file: Path, source: "GGUFSource", dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The GGUF's tensors dequantised, under native transformers names, in `dtype`, one at a time (the `gguf`
+    package's reader maps the file, so only the tensor being converted is in memory)."""
     import gguf
 
     reader = gguf.GGUFReader(file)
 
-    def tensors() -> Any:
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         for tensor in reader.tensors:
             array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
             shape = tuple(int(size) for size in reversed(tensor.shape.tolist()))
-            yield tensor.name, torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32).reshape(shape))
+            yield tensor.name, torch.from_numpy(np.array(array, dtype=np.float32).reshape(shape)).to(dtype)
 
-    return dict(source.architecture.native_tensors(tensors(), source.config))
+    return source.architecture.native_tensors(tensors(), source.config)
 
 
 def load_gguf_for_check(file: Path, source: "GGUFSource", dtype: torch.dtype) -> torch.nn.Module:
@@ -167,8 +171,9 @@ def load_gguf_for_check(file: Path, source: "GGUFSource", dtype: torch.dtype) ->
         return model.eval()
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
-    state = {name: tensor.to(dtype) for name, tensor in read_gguf_state(file, source).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing, unexpected = model.load_state_dict(
+        dict(read_gguf_tensors(file, source, dtype)), strict=False, assign=True
+    )
     if unexpected or [name for name in missing if name != "lm_head.weight"]:
         raise WenzhenError(
             f"the GGUF does not read back into the model (missing {missing}, unexpected {unexpected})"
