@@ -9,7 +9,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, GenerationConfig, GlmConfig, PretrainedConfig
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    GlmConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
 from wenzhen.errors import WenzhenError
@@ -68,15 +74,15 @@ EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format")
 
 
 def stop_token_generation_config(
-    context: ExportContext, tokenizer: object, config: PretrainedConfig
+    context: ExportContext, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig
 ) -> GenerationConfig:
     """The base's generation config (or one from the model config) ending on the family's stop tokens."""
     if (context.base_dir / "generation_config.json").is_file():
         generation = GenerationConfig.from_pretrained(context.base_dir)
     else:
         generation = GenerationConfig.from_model_config(config)
-    generation.eos_token_id = context.family.stop_token_ids(tokenizer)  # type: ignore[arg-type]
-    generation.pad_token_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
+    generation.eos_token_id = context.family.stop_token_ids(tokenizer)
+    generation.pad_token_id = tokenizer.pad_token_id
     return generation
 
 

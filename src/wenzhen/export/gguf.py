@@ -52,11 +52,12 @@ class GGUFSource:
     architecture: GGUFArchitecture
     adapter: Path | None = None
 
-    def native_tensors(self, scratch: Path) -> Iterator[tuple[str, torch.Tensor]]:
-        """The (merged) native tensors, one at a time."""
+    def native_tensors(self, scratch: Path, merged: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """The native tensors, one at a time, with the adapter folded in when `merged` (shapes are the same
+        either way, so the layout pass skips the arithmetic)."""
         updates = (
             adapter_updates(self.adapter, self.model_dir, self.family, self.config, scratch)
-            if self.adapter
+            if self.adapter and merged
             else {}
         )
         yield from merged_tensors(self.model_dir, self.family, self.config, updates)
@@ -146,7 +147,7 @@ def write_metadata(writer: gguf.GGUFWriter, source: GGUFSource, quant: str, name
 
 def tensor_plan(source: GGUFSource, quant: str, scratch: Path) -> list[tuple[str, tuple[int, ...], Any]]:
     """(GGUF name, shape, GGML type) of every output tensor, from a pass over the source on the meta device."""
-    shapes = ((name, tensor.to("meta")) for name, tensor in source.native_tensors(scratch))
+    shapes = ((name, tensor.to("meta")) for name, tensor in source.native_tensors(scratch, merged=False))
     plan = []
     for name, tensor in source.architecture.gguf_tensors(shapes, source.config):
         shape = tuple(int(size) for size in tensor.shape)

@@ -301,7 +301,7 @@ CHATGLM3_LLAMA_CPP_TEMPLATE = (
     "{%- set ns.tools_done = true -%}"
     "{%- endif -%}"
     "<|{{ role }}|>{{ (message.get('metadata') or '') " + _DEFUSE + " }}{{ '\\n' }}"
-    "{%- if content -%} {{ content " + _DEFUSE + " }}{%- endif -%}"
+    "{%- if content -%}{{ ' ' }}{{ content " + _DEFUSE + " }}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
@@ -400,9 +400,9 @@ class ChatGLMArchitecture(GGUFArchitecture):
         for name, tensor in tensors:
             base, _, suffix = name.rpartition(".")
             if base.endswith(".attn_qkv"):
-                layer = base.split(".")[1]
+                block = base.split(".")[1]
                 for part, piece in zip(_QKV, torch.split(tensor, sizes, dim=0), strict=True):
-                    yield f"model.layers.{layer}.self_attn.{part}.{suffix}", piece
+                    yield f"model.layers.{block}.self_attn.{part}.{suffix}", piece
             else:
                 yield f"{inverse[base]}.{suffix}", tensor
 

@@ -179,7 +179,7 @@ def load_gguf_for_check(file: Path, source: "GGUFSource", dtype: torch.dtype) ->
             f"the GGUF does not read back into the model (missing {missing}, unexpected {unexpected})"
         )
     if missing:
-        model.tie_weights()
+        model.tie_weights()  # type: ignore[operator]
     for module in model.modules():
         if any(buffer.is_meta for buffer in module.buffers(recurse=False)):
             # Rotary frequencies are computed from the config, not stored: a fresh rotary module has them.
