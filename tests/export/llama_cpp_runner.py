@@ -39,7 +39,8 @@ def template_ids(llm: Llama, messages: list[dict]) -> list[int]:
 
 def main() -> None:
     job = json.load(sys.stdin)
-    llm = Llama(model_path=job["gguf"], n_ctx=512, n_threads=2, verbose=False, seed=0)
+    # logits_all: this version keeps the logits in `scores` only then (sampling happens in its sampler).
+    llm = Llama(model_path=job["gguf"], n_ctx=512, n_threads=2, logits_all=True, verbose=False, seed=0)
     answer = {
         "greedy": [greedy(llm, prompt, job["new_tokens"]) for prompt in job["prompts"]],
         "template_ids": [template_ids(llm, messages) for messages in job["conversations"]],

@@ -153,7 +153,7 @@ def test_demo_model_f16_and_q8_0(tmp_path):
         assert check["max_abs_logit_diff"] <= check["tolerance"] and check["argmax_agreement"] >= 0.95
     reader = gguf.GGUFReader(tmp_path / "demo-f16.gguf")
     assert (
-        field(reader, "tokenizer.ggml.pre") == "smollm" and field(reader, "tokenizer.ggml.eos_token_id") == 2
+        field(reader, "tokenizer.ggml.pre") == "gpt-2" and field(reader, "tokenizer.ggml.eos_token_id") == 2
     )
     assert "<|im_start|>" in field(reader, "tokenizer.chat_template")
     assert 'PARAMETER stop "<|im_end|>"' in (tmp_path / "Modelfile").read_text()

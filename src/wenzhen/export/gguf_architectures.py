@@ -104,7 +104,7 @@ def stop_ids_metadata(
 #: llama.cpp's pre-tokenizer names for the pre-tokenizer pipelines of tokenizer.json that it reproduces.
 PRE_TOKENIZERS: dict[str, str] = {
     "Digits+ByteLevel": "smollm",
-    "ByteLevel": "gpt2",
+    "ByteLevel": "gpt-2",
 }
 
 
