@@ -62,11 +62,13 @@ def run_llama_cpp(gguf_file: Path, prompts: list[list[int]]) -> dict:
 
 @torch.inference_mode()
 def transformers_greedy(model: torch.nn.Module, prompt: list[int]) -> list[int]:
-    ids = torch.tensor([prompt])
+    """Argmax decoding with the KV cache, never stopping early (llama.cpp's side does not stop either)."""
+    output = model(torch.tensor([prompt]), use_cache=True)
+    tokens: list[int] = []
     for _ in range(NEW_TOKENS):
-        next_id = model(ids).logits[0, -1].argmax()
-        ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-    return ids[0, len(prompt) :].tolist()
+        tokens.append(int(output.logits[0, -1].argmax()))
+        output = model(torch.tensor([[tokens[-1]]]), past_key_values=output.past_key_values, use_cache=True)
+    return tokens
 
 
 def check_in_llama_cpp(model_dir: Path, tmp_path: Path) -> None:
