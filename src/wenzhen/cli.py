@@ -22,7 +22,7 @@ COMMAND_MODULES = {
     "wenzhen.data.commands": ("data",),
     "wenzhen.train.commands": ("train",),
     "wenzhen.evaluate.commands": ("eval",),
-    "wenzhen.export_commands": ("merge",),
+    "wenzhen.export.commands": ("merge", "export"),
     "wenzhen.chat_commands": ("chat",),
     "wenzhen.serve.commands": ("web", "api"),
     "wenzhen.demo_commands": ("demo",),

@@ -29,7 +29,7 @@ from wenzhen.errors import WenzhenError
 from wenzhen.evaluate.compare import COMPARISON_MD, compare_runs
 from wenzhen.evaluate.generation import GenEvalConfig, evaluate_generation
 from wenzhen.evaluate.report import EvalReport
-from wenzhen.export import merge
+from wenzhen.export.merge import merge
 from wenzhen.generation import ChatEngine, GenerationSettings
 from wenzhen.io import check_apart, write_json, write_text, written_names
 from wenzhen.models import load_model

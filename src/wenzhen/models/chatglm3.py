@@ -14,9 +14,17 @@ from typing import Any
 import torch
 from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
-from transformers import GenerationConfig, GlmConfig, GlmForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    GlmConfig,
+    GlmForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from wenzhen.errors import WenzhenError
+from wenzhen.models.adapter import read_adapter_config
 from wenzhen.models.chatglm3_tokenizer import TOOLS_PREAMBLE, build_chatglm3_tokenizer
 from wenzhen.models.checkpoint import find_checkpoint, iter_shard
 from wenzhen.models.family import FAMILIES, Message, ModelFamily
@@ -349,6 +357,40 @@ class ChatGLM3Family(ModelFamily):
         """eos, `<|user|>` and `<|observation|>`."""
         return list(STOP_IDS)
 
+    def native_config(self, model_dir: Path) -> PretrainedConfig:
+        """Official configs mapped onto native `GlmConfig` (architecture `GlmForCausalLM`); converted ones as
+        saved."""
+        raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        if not is_official_config(raw):
+            return super().native_config(model_dir)
+        config = glm_config_from_official(raw)
+        config.architectures = ["GlmForCausalLM"]
+        return config
+
+    def native_tensors(self, model_dir: Path, config: PretrainedConfig) -> Iterator[tuple[str, torch.Tensor]]:
+        """Official checkpoints mapped tensor by tensor (the fused qkv split); the rotary frequencies, which the
+        native model recomputes from the config, are left out."""
+        raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        if not is_official_config(raw):
+            yield from super().native_tensors(model_dir, config)
+            return
+        assert isinstance(config, GlmConfig)
+        for shard in find_checkpoint(model_dir).shards:
+            for name, tensor in iter_shard(shard):
+                if name != ROTARY_BUFFER:
+                    yield from official_to_native(name, tensor, config)
+
+    def native_adapter(self, adapter_dir: Path, config: PretrainedConfig, scratch: Path) -> Path:
+        """Official finetune-demo adapters (LoRA on the fused `query_key_value`) rewritten for q/k/v."""
+        if not is_official_adapter(adapter_dir):
+            return adapter_dir
+        assert isinstance(config, GlmConfig)
+        return convert_official_adapter(adapter_dir, scratch, config)
+
+    def gguf_architecture(self, config: PretrainedConfig) -> str:
+        """llama.cpp's `chatglm` architecture (its converter maps ChatGLM3 and GlmForCausalLM there)."""
+        return "chatglm"
+
     def parse_tool_call(self, text: str) -> dict[str, Any] | None:
         """ChatGLM3 writes a call as `tool_name\\n```python\\ntool_call(a=1)\\n```` or `name\\n{json}`."""
         head, _, body = text.strip().partition("\n")
@@ -385,7 +427,7 @@ def convert_official_adapter(adapter_dir: Path, out_dir: Path, config: GlmConfig
     LoRA on the fused projection is W_qkv + B A; its q, k and v rows are B's matching row blocks times the same A,
     so each of q/k/v gets A unchanged and its block of B: exactly the same function, no fused module needed.
     """
-    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter_config = dict(read_adapter_config(adapter_dir).raw)
     weights_file = adapter_dir / "adapter_model.safetensors"
     if weights_file.is_file():
         state = load_file(str(weights_file))
@@ -418,8 +460,7 @@ def convert_official_adapter(adapter_dir: Path, out_dir: Path, config: GlmConfig
 
 def is_official_adapter(adapter_dir: Path) -> bool:
     """True for a LoRA adapter written by the official finetune demo (targets the fused `query_key_value`)."""
-    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    return "query_key_value" in (adapter_config.get("target_modules") or [])
+    return "query_key_value" in read_adapter_config(adapter_dir).target_modules
 
 
 FAMILIES.add(ChatGLM3Family.name, ChatGLM3Family())

@@ -10,6 +10,12 @@ encode(content), i.e. the content gets its *own* dummy prefix `▁`. A chat temp
 the template puts the private-use marker U+E000 between the role line and the content; the normaliser turns the
 marker into a segment break followed by `▁`, and the pre-tokeniser removes it. Plain text never contains it, so
 plain encoding is plain SentencePiece.
+
+The template also keeps message text from becoming control tokens (a user typing `<|system|>` must not open a
+system turn, issue #14): it puts a second private-use marker, U+E001, inside every command-token spelling in the
+text (`<|` -> `<` U+E001 `|`, `[` -> `[` U+E001, `sop` -> `s` U+E001 `op`, `eop` likewise). The command tokens are
+matched on the raw text, so the broken spelling is not one; the normaliser then deletes U+E001 before anything else,
+so the text is encoded exactly as the engine encodes it (special tokens split): the same ids, no forged turn.
 """
 
 import functools
@@ -23,11 +29,18 @@ from transformers.convert_slow_tokenizer import SentencePieceExtractor
 from wenzhen.errors import WenzhenError
 
 CONTENT_MARKER = "\ue000"
+DEFUSE_MARKER = "\ue001"
 SPECIAL_TOKENS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"]
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 # Words that also occur in ordinary text are only matched as whole words.
 WORDLIKE_SPECIALS = {"sop", "eop"}
 TOOLS_PREAMBLE = "Answer the following questions as best as you can. You have access to the following tools:"
+
+# Message text (content, metadata, tools) with every command-token spelling broken by DEFUSE_MARKER.
+_DEFUSE = (
+    "| replace('<|', '<" + DEFUSE_MARKER + "|') | replace('[', '[" + DEFUSE_MARKER + "')"
+    " | replace('sop', 's" + DEFUSE_MARKER + "op') | replace('eop', 'e" + DEFUSE_MARKER + "op')"
+)
 
 # Renders exactly the official `build_chat_input` ids: "[gMASK]sop", then per turn `<|role|>{metadata}\n` and the
 # content after the marker, tools appended to the system turn as 4-space-indented JSON, then `<|assistant|>`.
@@ -35,7 +48,13 @@ CHAT_TEMPLATE = (
     "{%- set ns = namespace(tools_done=false) -%}"
     "[gMASK]sop"
     "{%- if tools and (not messages or messages[0]['role'] != 'system') -%}"
-    "<|system|>\n" + CONTENT_MARKER + "{{ '" + TOOLS_PREAMBLE + "' }}\n{{ tools | tojson(indent=4) }}"
+    "<|system|>\n"
+    + CONTENT_MARKER
+    + "{{ '"
+    + TOOLS_PREAMBLE
+    + "' }}\n{{ tools | tojson(indent=4) "
+    + _DEFUSE
+    + " }}"
     "{%- set ns.tools_done = true -%}"
     "{%- endif -%}"
     "{%- for message in messages -%}"
@@ -45,8 +64,8 @@ CHAT_TEMPLATE = (
     "{%- set content = content + '\n' + ((message.get('tools') or tools) | tojson(indent=4)) -%}"
     "{%- set ns.tools_done = true -%}"
     "{%- endif -%}"
-    "<|{{ role }}|>{{ message.get('metadata') or '' }}{{ '\\n' }}"
-    "{%- if content -%}" + CONTENT_MARKER + "{{ content }}{%- endif -%}"
+    "<|{{ role }}|>{{ (message.get('metadata') or '') " + _DEFUSE + " }}{{ '\\n' }}"
+    "{%- if content -%}" + CONTENT_MARKER + "{{ content " + _DEFUSE + " }}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
@@ -61,6 +80,7 @@ def _backend(sentencepiece_model: Path) -> Tokenizer:
     )
     tokenizer.normalizer = normalizers.Sequence(
         [
+            normalizers.Replace(DEFUSE_MARKER, ""),
             normalizers.Replace(" ", "▁"),
             normalizers.Prepend("▁"),
             normalizers.Replace(CONTENT_MARKER, CONTENT_MARKER + "▁"),

@@ -139,9 +139,10 @@ class HFChatFamily(ModelFamily):
 
     name = "hf"
     supports_tools = False
+    fallback = True
 
     def matches(self, config: dict[str, Any]) -> bool:
-        """Anything transformers knows, checked last."""
+        """Anything transformers knows (detection asks this fallback family last)."""
         return "model_type" in config
 
     def load_tokenizer(self, model_dir: Path) -> PreTrainedTokenizerBase:

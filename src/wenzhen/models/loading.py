@@ -16,13 +16,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from wenzhen.errors import WenzhenError
-from wenzhen.models import chatglm3, hf  # noqa: F401 - importing registers the families, ChatGLM3 first
+from wenzhen.models import chatglm3, hf  # noqa: F401 - importing registers the families
+from wenzhen.models.adapter import ADAPTER_CONFIG, is_adapter_dir, read_adapter_config
 from wenzhen.models.family import FAMILIES, ModelFamily
 from wenzhen.models.weights import check_weight_files
 from wenzhen.runinfo import read_run_info
 
 log = logging.getLogger(__name__)
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -56,9 +56,10 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def detect_family(model_dir: Path) -> ModelFamily:
-    """The first registered family that recognises the directory's config."""
+    """The specific family that recognises the directory's config, else the fallback family."""
     config = read_config(model_dir)
-    for _, family in FAMILIES.items():
+    families = [family for _, family in FAMILIES.items()]
+    for family in sorted(families, key=lambda family: family.fallback):
         if family.matches(config):
             return family
     raise WenzhenError(
@@ -107,11 +108,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def is_adapter_dir(path: Path) -> bool:
-    """True for a PEFT adapter directory."""
-    return (path / ADAPTER_CONFIG).is_file()
-
-
 def resolve_base(adapter_dir: Path, base: str | Path | None) -> Path:
     """The base model of an adapter: `base` if given, else its run.json, else its adapter_config.json."""
     if base is not None:
@@ -121,9 +117,7 @@ def resolve_base(adapter_dir: Path, base: str | Path | None) -> Path:
         info = read_run_info(adapter_dir) or read_run_info(adapter_dir.parent)
         if info and info.base_model:
             candidates.append(("run.json", info.base_model))
-        recorded = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get(
-            "base_model_name_or_path"
-        )
+        recorded = read_adapter_config(adapter_dir).base_model
         if recorded:
             candidates.append(("adapter_config.json", recorded))
     for _, candidate in candidates:
@@ -145,15 +139,14 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def attach_adapter(model: PreTrainedModel, adapter_dir: Path, family: ModelFamily) -> PreTrainedModel:
-    """Load a PEFT adapter onto `model`, converting official ChatGLM3 adapters on the fly."""
+    """Load a PEFT adapter onto `model`, in the family's native module names (converted on the fly if needed)."""
     check_adapter_weights(adapter_dir)
-    if family.name == chatglm3.ChatGLM3Family.name and chatglm3.is_official_adapter(adapter_dir):
-        log.info("converting official ChatGLM3 adapter %s (query_key_value -> q/k/v)", adapter_dir)
-        with tempfile.TemporaryDirectory(prefix="wenzhen-adapter-") as converted:
-            native = chatglm3.convert_official_adapter(adapter_dir, Path(converted), model.config)
-            # peft reads the weights into memory here, so the converted copy can go afterwards.
-            return _peft_from_pretrained(model, native)
-    return _peft_from_pretrained(model, adapter_dir)
+    with tempfile.TemporaryDirectory(prefix="wenzhen-adapter-") as scratch:
+        native = family.native_adapter(adapter_dir, model.config, Path(scratch))
+        if native != adapter_dir:
+            log.info("converted adapter %s to the native module names", adapter_dir)
+        # peft reads the weights into memory here, so a converted copy can go afterwards.
+        return _peft_from_pretrained(model, native)
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")

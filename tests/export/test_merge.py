@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wenzhen.cli import main
 from wenzhen.errors import WenzhenError
-from wenzhen.export import merge
+from wenzhen.export.merge import merge
 from wenzhen.models import load_model
 
 TOLERANCE = 1e-4
@@ -176,7 +176,7 @@ def test_a_merge_that_loses_the_adapter_fails_verification_and_writes_nothing(
     tiny, official_adapter, tmp_path, capsys, monkeypatch
 ):
     """Were the updates scaled to nothing, the merged model would be the base: the check must refuse it."""
-    monkeypatch.setattr("wenzhen.export.lora_scaling", lambda *args: 0.0)
+    monkeypatch.setattr("wenzhen.export.merge.lora_scaling", lambda *args: 0.0)
     out = tmp_path / "broken"
     assert main(["merge", str(official_adapter), "--out-dir", str(out), "--base", str(tiny)]) == 2
     assert "verification failed" in capsys.readouterr().err
@@ -223,10 +223,10 @@ def test_base_mismatch_is_explained(tiny, official_adapter, tmp_path):
 
 
 def test_chatglm3_layout_needs_a_chatglm3_base(tmp_path):
-    from wenzhen.export import EXPORT_FORMATS, ExportContext
+    from wenzhen.export.formats import EXPORT_FORMATS, ExportContext
     from wenzhen.models.hf import HFChatFamily
 
-    context = ExportContext(tmp_path, HFChatFamily(), torch.float32, official_base=False)
+    context = ExportContext(tmp_path, HFChatFamily(), torch.float32)
     with pytest.raises(WenzhenError, match="--format hf"):
         EXPORT_FORMATS.get("chatglm3").check(context)
 

@@ -1,15 +1,17 @@
-"""`wenzhen merge`."""
+"""`wenzhen merge` and `wenzhen export`."""
 
 import argparse
 from pathlib import Path
 from typing import Any
 
 from wenzhen.cli_options import add_dtype_option
-from wenzhen.export import EXPORT_FORMATS, SHARD_BYTES, merge
+from wenzhen.export.formats import EXPORT_FORMATS, SHARD_BYTES
+from wenzhen.export.merge import merge
 
 
 def register(subparsers: Any) -> None:
-    """Add `wenzhen merge`."""
+    """Add `wenzhen merge` and `wenzhen export`."""
+    register_export(subparsers)
     parser = subparsers.add_parser(
         "merge",
         help="merge a LoRA adapter into its base model and export a self-contained model directory",
@@ -96,4 +98,73 @@ def _merge(args: argparse.Namespace) -> int:
     )
     for note in report.notes:
         print(f"note: {note}")
+    return 0
+
+
+def register_export(subparsers: Any) -> None:
+    """Add `wenzhen export`."""
+    from wenzhen.export.gguf import QUANTS
+
+    parser = subparsers.add_parser(
+        "export",
+        help="write a merged model (or base + LoRA adapter) as one GGUF file for llama.cpp and Ollama",
+        description="Write MODEL (a merged model directory, or a LoRA adapter folder folded into its base on the "
+        "way) as one GGUF file with the tokenizer, the chat template and every stop token: ChatGLM3 (llama.cpp's "
+        "chatglm) and Llama-family models. Streamed tensor by tensor (no more memory than `wenzhen merge`). Before "
+        "the file gets its name it is read back and its logits compared with MODEL's on probe prompts.",
+    )
+    parser.add_argument("model", type=Path, help="merged model directory, or a LoRA adapter folder")
+    parser.add_argument("--format", default="gguf", choices=["gguf"], help="output format (default gguf)")
+    parser.add_argument(
+        "--quant",
+        default="f16",
+        choices=list(QUANTS),
+        help="weight type: f16, q8_0 (quantised here), q4_k_m (needs llama.cpp's llama-quantize; refused with how)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the .gguf file to write")
+    parser.add_argument("--base", help="base model directory when MODEL is an adapter (overrides its record)")
+    parser.add_argument(
+        "--ollama",
+        action="store_true",
+        help="also write an Ollama Modelfile beside the GGUF and print `ollama create`",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip reading the GGUF back and comparing logits"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help="largest accepted max |logit difference| (default relative to the logit scale: f16 1e-2, q8_0 5e-2)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from wenzhen.export.gguf import export_gguf
+    from wenzhen.export.ollama import create_command
+
+    report = export_gguf(
+        args.model,
+        args.out,
+        base=args.base,
+        quant=args.quant,
+        ollama=args.ollama,
+        verify=not args.no_verify,
+        tolerance=args.tolerance,
+        force=args.force,
+    )
+    check = report.verification
+    verdict = (
+        f"verified: max |logit diff| {check['max_abs_logit_diff']:.3g} <= {check['tolerance']:.3g}"
+        if check
+        else "not verified (--no-verify)"
+    )
+    print(
+        f"wrote {report.out_file} ({report.architecture}, {report.quant}, {report.tensors} tensors, "
+        f"{report.bytes / 1024**2:.1f} MiB of weights); {verdict}"
+    )
+    if report.modelfile is not None:
+        print(f"wrote {report.modelfile}; create the Ollama model with:")
+        print(f"  {create_command(report.modelfile, report.out_file.stem.lower())}")
     return 0
