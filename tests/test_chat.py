@@ -98,13 +98,15 @@ def test_terminal_session_streams_keeps_history_and_honours_commands(chatglm3_di
             child.expect_exact("用户> ")
             return prompt, answer
 
-        # Streaming: with a long answer the first characters arrive well before the closing stats line.
+        # Streaming: with a long answer the first characters arrive before the closing stats line. The batched
+        # engine writes 120 tiny-model tokens in about 0.3 s on a quiet 2-core CPU, so the gap checked is 0.1 s;
+        # without streaming the whole answer and the stats line arrive together.
         child.sendline("请详细说说感冒")
         child.expect_exact("助手> ")
         child.read_nonblocking(size=1, timeout=60)
         first_text = time.monotonic()
         child.expect(STATS)
-        assert int(child.match.group(2)) == 120 and time.monotonic() - first_text > 0.3
+        assert int(child.match.group(2)) == 120 and time.monotonic() - first_text > 0.1
         child.expect_exact("用户> ")
         # Ctrl-C stops an answer half-way and keeps the session.
         child.sendline("再说说发烧")

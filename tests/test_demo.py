@@ -10,6 +10,7 @@ from wenzhen.cli import main
 from wenzhen.config import load_yaml_config
 from wenzhen.demo import REPORT_JSON, REPORT_MD, STEP_DIRS, DemoConfig, check_out_dir
 from wenzhen.errors import WenzhenError
+from wenzhen.io import atomic_directory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,10 +27,18 @@ def test_a_folder_the_demo_did_not_make_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_earlier_demo_is_replaced(tmp_path: Path) -> None:
-    (tmp_path / "train").mkdir()
-    (tmp_path / "train" / "old.txt").write_text("old")
+    with atomic_directory(tmp_path / "data") as step:  # a step folder as a wenzhen stage writes it
+        (step / "train.jsonl").write_text("old")
     check_out_dir(tmp_path, force=False)
-    assert not (tmp_path / "train").exists()
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_step_folder_wenzhen_did_not_write_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "old.txt").write_text("mine")
+    with pytest.raises(WenzhenError, match="did not write"):
+        check_out_dir(tmp_path, force=False)
+    assert (tmp_path / "train" / "old.txt").read_text() == "mine"
 
 
 @pytest.mark.slow

@@ -134,7 +134,7 @@ def register_export(subparsers: Any) -> None:
     parser.add_argument(
         "--tolerance",
         type=float,
-        help="largest accepted max |logit difference| (default relative to the logit scale: f16 1e-2, q8_0 5e-2)",
+        help="largest accepted max |logit difference| (default relative to the logit scale: f16 1e-2, q8_0 1e-1)",
     )
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.set_defaults(handler=_export)

@@ -138,7 +138,7 @@ def verify_merge(
 #: Largest |GGUF - source| logit difference accepted, relative to max(1, largest |logit|), by --quant. f16 rounds
 #: each weight to 11 significant bits; q8_0 to 8 bits per block of 32 with one f16 scale. Measured on the tiny
 #: ChatGLM3 and the demo model (tests/export/test_gguf.py); a wrong layout or tensor moves logits by the scale itself.
-GGUF_RELATIVE_TOLERANCE = {"f16": 1e-2, "q8_0": 5e-2}
+GGUF_RELATIVE_TOLERANCE = {"f16": 1e-2, "q8_0": 1e-1}
 
 
 def read_gguf_tensors(
