@@ -234,9 +234,9 @@ class PreferenceConfig(StrictModel):
     beta: float = Field(
         default=0.1, gt=0, description="how far the policy may move from the reference (higher: less far)"
     )
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero"] = (
-        Field(default="sigmoid", description="DPO loss (sigmoid: the DPO paper's); KTO ignores it")
-    )
+    loss_type: Literal[
+        "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero"
+    ] = Field(default="sigmoid", description="DPO loss (sigmoid: the DPO paper's); KTO ignores it")
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="DPO label noise (robust/cDPO)")
     desirable_weight: float = Field(default=1.0, gt=0, description="KTO weight of desirable answers")
     undesirable_weight: float = Field(default=1.0, gt=0, description="KTO weight of undesirable answers")
@@ -308,7 +308,9 @@ class TrainConfig(StrictModel):
             if self.preference.tuning == "full" and self.peft_config is not None:
                 raise ValueError("preference.tuning full trains every weight; remove peft_config")
         elif "preference" in self.model_fields_set:
-            raise ValueError("preference settings apply to method dpo or kto; set method or remove preference")
+            raise ValueError(
+                "preference settings apply to method dpo or kto; set method or remove preference"
+            )
         return self
 
 

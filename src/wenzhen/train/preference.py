@@ -105,9 +105,13 @@ def encode_answer(
     sample = encode_conversation(family, tokenizer, [*prompt, {"role": "assistant", "content": answer}])
     prompt_ids = family.encode_prompt(tokenizer, prompt, add_generation_prompt=True)
     if sample.input_ids[: len(prompt_ids)] != prompt_ids:
-        raise WenzhenError("the chat template renders the prompt differently once answered; answers cannot be cut")
+        raise WenzhenError(
+            "the chat template renders the prompt differently once answered; answers cannot be cut"
+        )
     if len(prompt_ids) > max_input_length:
-        raise WenzhenError(f"the prompt has {len(prompt_ids)} tokens, more than max_input_length {max_input_length}")
+        raise WenzhenError(
+            f"the prompt has {len(prompt_ids)} tokens, more than max_input_length {max_input_length}"
+        )
     completion = sample.input_ids[len(prompt_ids) :]
     budget = max_output_length + 1
     if len(completion) > budget:
@@ -126,7 +130,12 @@ class PreferenceReport:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (the first problems only)."""
-        return {"kept": self.kept, "skipped": self.skipped, "tokens": self.tokens, "problems": self.problems[:20]}
+        return {
+            "kept": self.kept,
+            "skipped": self.skipped,
+            "tokens": self.tokens,
+            "problems": self.problems[:20],
+        }
 
 
 def encode_examples(
@@ -142,11 +151,17 @@ def encode_examples(
     for number, example in enumerate(examples, start=1):
         try:
             if paired and example.rejected is None:
-                raise WenzhenError("a single labelled answer; DPO needs chosen/rejected pairs (use method kto)")
-            prompt_ids, chosen = encode_answer(loaded.family, loaded.tokenizer, example.prompt, example.chosen, *limits)
+                raise WenzhenError(
+                    "a single labelled answer; DPO needs chosen/rejected pairs (use method kto)"
+                )
+            prompt_ids, chosen = encode_answer(
+                loaded.family, loaded.tokenizer, example.prompt, example.chosen, *limits
+            )
             rejected = None
             if example.rejected is not None:
-                rejected = encode_answer(loaded.family, loaded.tokenizer, example.prompt, example.rejected, *limits)[1]
+                rejected = encode_answer(
+                    loaded.family, loaded.tokenizer, example.prompt, example.rejected, *limits
+                )[1]
         except WenzhenError as exc:
             report.skipped += 1
             report.problems.append(f"{source} row {number}: {exc}")
@@ -195,12 +210,18 @@ def preference_accuracy(model: torch.nn.Module, pairs: Sequence[dict[str, Any]])
     try:
         with torch.no_grad():
             for pair in pairs:
-                chosen, rejected = answer_log_probs(model, pair["prompt_ids"], [pair["chosen_ids"], pair["rejected_ids"]])
+                chosen, rejected = answer_log_probs(
+                    model, pair["prompt_ids"], [pair["chosen_ids"], pair["rejected_ids"]]
+                )
                 wins += int(chosen > rejected)
                 margins.append(chosen - rejected)
     finally:
         model.train(was_training)
-    return {"accuracy": round(wins / len(pairs), 4), "margin": round(sum(margins) / len(margins), 4), "pairs": len(pairs)}
+    return {
+        "accuracy": round(wins / len(pairs), 4),
+        "margin": round(sum(margins) / len(margins), 4),
+        "pairs": len(pairs),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- objectives
@@ -249,10 +270,15 @@ def _kto_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
 
             # As TRL: each example's KL completion is its batch neighbour's (rotated by one within the batch).
             def add_kl_completion_ids(examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
-                examples["KL_completion_ids"] = [examples["completion_ids"][-1]] + examples["completion_ids"][:-1]
+                examples["KL_completion_ids"] = [
+                    examples["completion_ids"][-1],
+                    *examples["completion_ids"][:-1],
+                ]
                 return examples
 
-            return dataset.map(add_kl_completion_ids, batched=True, batch_size=args.per_device_train_batch_size)
+            return dataset.map(
+                add_kl_completion_ids, batched=True, batch_size=args.per_device_train_batch_size
+            )
 
     settings = config.preference
     args = KTOConfig(
@@ -281,7 +307,9 @@ def tuning_method(config: TrainConfig, model_dir: Path) -> str:
     return config.method_name
 
 
-def load_policy(model_dir: Path, config: TrainConfig, device: torch.device) -> tuple[LoadedModel, torch.nn.Module]:
+def load_policy(
+    model_dir: Path, config: TrainConfig, device: torch.device
+) -> tuple[LoadedModel, torch.nn.Module]:
     """The base model with the trainable weights of the tuning method.
 
     An SFT adapter MODEL_DIR goes on training (as adapter `default`) and is also loaded frozen as `ref`, TRL's
@@ -306,7 +334,9 @@ def load_policy(model_dir: Path, config: TrainConfig, device: torch.device) -> t
         policy = method.prepare(loaded.model, config, loaded.family)
     else:
         if not method.trains_adapter:
-            raise WenzhenError("MODEL_DIR is an adapter; preference.tuning full needs a merged model (`wenzhen merge`)")
+            raise WenzhenError(
+                "MODEL_DIR is an adapter; preference.tuning full needs a merged model (`wenzhen merge`)"
+            )
         policy = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=True)
         policy.load_adapter(str(adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         policy.set_adapter("default")
@@ -335,20 +365,38 @@ def train_preference(
     if config.performance.compile and device.type == "cuda":
         compile_decoder_layers(policy)
     if config.packing:
-        log.info("notice: TRL trains preference pairs as padded batches (its padding_free is disabled); no packing")
+        log.info(
+            "notice: TRL trains preference pairs as padded batches (its padding_free is disabled); no packing"
+        )
 
     data = config.data_config
-    train_examples, train_problems = read_examples(sft.read_split(data_dir, data.train_file, "train", True) or [], data.train_file)
-    dev_examples, dev_problems = read_examples(sft.read_split(data_dir, data.val_file, "dev", False) or [], str(data.val_file))
-    train_rows, train_report = encode_examples(train_examples, loaded, config, objective.paired, data.train_file)
+    train_examples, train_problems = read_examples(
+        sft.read_split(data_dir, data.train_file, "train", True) or [], data.train_file
+    )
+    dev_examples, dev_problems = read_examples(
+        sft.read_split(data_dir, data.val_file, "dev", False) or [], str(data.val_file)
+    )
+    train_rows, train_report = encode_examples(
+        train_examples, loaded, config, objective.paired, data.train_file
+    )
     train_report.problems[:0] = train_problems
     train_report.skipped += len(train_problems)
     if not train_rows:
-        raise WenzhenError(f"no usable preference example in {data_dir / data.train_file} ({'; '.join(train_report.problems[:3])})")
+        raise WenzhenError(
+            f"no usable preference example in {data_dir / data.train_file} ({'; '.join(train_report.problems[:3])})"
+        )
     limit = config.preference.max_eval_pairs
-    dev_pairs, dev_report = encode_examples(dev_examples[:limit] if limit else dev_examples, loaded, config, True, str(data.val_file))
+    dev_pairs, dev_report = encode_examples(
+        dev_examples[:limit] if limit else dev_examples, loaded, config, True, str(data.val_file)
+    )
     dev_report.skipped += len(dev_problems)
-    dev_rows = dev_pairs if objective.paired else encode_examples(dev_examples[:limit] if limit else dev_examples, loaded, config, False, str(data.val_file))[0]
+    dev_rows = (
+        dev_pairs
+        if objective.paired
+        else encode_examples(
+            dev_examples[:limit] if limit else dev_examples, loaded, config, False, str(data.val_file)
+        )[0]
+    )
 
     from datasets import Dataset
 
@@ -377,10 +425,16 @@ def train_preference(
             output_dir,
             RunInfo(
                 stage="train",
-                base_model=str((resolve_base(model_dir, None) if is_adapter_dir(model_dir) else model_dir).resolve()),
+                base_model=str(
+                    (resolve_base(model_dir, None) if is_adapter_dir(model_dir) else model_dir).resolve()
+                ),
                 chat_format=loaded.family.name,
                 config=config.model_dump(mode="json"),
-                extra={"method": tuning_method(config, model_dir), "objective": objective.name, "data_dir": str(data_dir.resolve())},
+                extra={
+                    "method": tuning_method(config, model_dir),
+                    "objective": objective.name,
+                    "data_dir": str(data_dir.resolve()),
+                },
             ),
         )
         write_json(output_dir / PAIRS_FILE, reports)
@@ -389,7 +443,11 @@ def train_preference(
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - started
     after = preference_accuracy(policy, dev_pairs)
-    if isinstance(policy, torch.nn.Module) and hasattr(policy, "delete_adapter") and REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
+    if (
+        isinstance(policy, torch.nn.Module)
+        and hasattr(policy, "delete_adapter")
+        and REFERENCE_ADAPTER in getattr(policy, "peft_config", {})
+    ):
         policy.delete_adapter(REFERENCE_ADAPTER)  # the reference is not part of the result
     final = sft.save_final(trainer, output_dir)
     summary = summarise(trainer, config, objective.name, train_report, seconds, device, final, before, after)
@@ -459,6 +517,8 @@ def format_preference_summary(summary: dict[str, Any]) -> str:
             f"dev preference accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
             f"(log-prob margin {before['margin']:.2f} -> {after['margin']:.2f}, {after['pairs']} pairs)"
         )
-    lines.append(f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB ({summary['peak_memory_kind']})")
+    lines.append(
+        f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB ({summary['peak_memory_kind']})"
+    )
     lines.append(f"saved {summary['final_dir']}")
     return "\n".join(lines)

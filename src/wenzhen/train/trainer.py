@@ -485,7 +485,9 @@ def train(
     if config.objective != "sft":
         from wenzhen.train.preference import train_preference
 
-        summary = train_preference(data_dir, model_dir, config, resume_from, config_dir=config_dir, callbacks=callbacks)
+        summary = train_preference(
+            data_dir, model_dir, config, resume_from, config_dir=config_dir, callbacks=callbacks
+        )
         return TrainResult(output_dir=output_dir, final_dir=Path(summary["final_dir"]), summary=summary)
 
     loaded = method.load(model_dir, device, config)
