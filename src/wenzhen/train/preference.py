@@ -5,21 +5,26 @@ The losses, the reference model and the reward metrics are TRL's; what wenzhen a
 * the chat format. Pairs are encoded by the model family's one formatter, exactly as SFT samples are
   (`encode_conversation`), so prompt + chosen of a ChatGLM3 pair is token for token the SFT sample of the same
   conversation, and TRL's own tokenization (which needs a Jinja chat template ChatGLM3 does not have) is skipped;
-* the parameterisation. LoRA, QLoRA and full weights come from the tuning methods registry; with LoRA the
-  reference is the base with the adapter disabled (TRL's peft path, no second model in memory). Starting from an
-  SFT adapter (an adapter MODEL_DIR), that adapter trains on and a frozen copy of it, loaded under the name `ref`,
-  is the reference (adapter weights only, the base is shared). A merged SFT model is just a MODEL_DIR;
-* held-out preference accuracy: the share of dev pairs whose chosen answer the model gives a higher
-  log-probability than the rejected one, measured before and after training (TRL's own reward accuracy compares
-  with the reference, so it is 0 at step 0 by construction).
+* the parameterisation. LoRA, QLoRA and full weights come from the tuning methods registry. With LoRA no second
+  model is loaded: TRL keeps a frozen copy of the adapter's initial weights as adapter `ref` (adapter weights
+  only, the base is shared), which for a new adapter is the base itself (LoRA starts at zero) and for an SFT
+  adapter MODEL_DIR, which trains on, is the SFT model. A merged SFT model is just a MODEL_DIR. Full tuning loads a
+  frozen reference copy;
+* held-out preference accuracy: for each dev pair, whether the implicit reward beta * log(pi / pi_ref) of the
+  chosen answer beats the rejected one's (ties half, so the untrained policy scores chance, 0.5), measured before
+  and after training, per kind of pair (`wenzhen data pairs` marks answer and safety pairs). TRL logs its own
+  batch-mean reward accuracy and margins during training (`eval_rewards/*` in metrics.jsonl).
 
 Packing does not apply: TRL 1.16 disabled DPO's `padding_free` ("temporarily unavailable after a refactor") and
 KTO has none, so pairs train as right-padded batches; `performance.attention` and `compile` do apply.
 """
 
+import contextlib
 import logging
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +52,7 @@ from wenzhen.train.callbacks import (
 )
 from wenzhen.train.config import TrainConfig
 from wenzhen.train.encoding import encode_conversation
-from wenzhen.train.methods import METHODS, count_parameters
+from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing
 from wenzhen.train.performance import choose_attention, compile_decoder_layers
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,7 @@ class PreferenceExample:
     chosen: str
     rejected: str | None = None
     label: bool | None = None
+    kind: str = "pair"  # `wenzhen data pairs` marks answer and safety pairs; accuracy is reported per kind
 
 
 def read_examples(rows: Sequence[Any], source: str) -> tuple[list[PreferenceExample], list[str]]:
@@ -78,7 +84,8 @@ def read_examples(rows: Sequence[Any], source: str) -> tuple[list[PreferenceExam
         if not isinstance(prompt, list) or not prompt or prompt[-1].get("role") != "user":
             problems.append(f"{source} row {number}: no conversations prompt ending with a user turn")
         elif isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
-            examples.append(PreferenceExample(prompt, row["chosen"], rejected=row["rejected"]))
+            kind = str(row.get("kind") or "pair")
+            examples.append(PreferenceExample(prompt, row["chosen"], rejected=row["rejected"], kind=kind))
         elif isinstance(row.get("completion"), str) and isinstance(row.get("label"), bool):
             examples.append(PreferenceExample(prompt, row["completion"], label=row["label"]))
         else:
@@ -127,6 +134,7 @@ class PreferenceReport:
     skipped: int = 0
     tokens: int = 0
     problems: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # per kept example
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (the first problems only)."""
@@ -134,6 +142,7 @@ class PreferenceReport:
             "kept": self.kept,
             "skipped": self.skipped,
             "tokens": self.tokens,
+            "kinds": dict(Counter(self.kinds)),
             "problems": self.problems[:20],
         }
 
@@ -174,6 +183,7 @@ def encode_examples(
         else:
             rows.append({"prompt_ids": prompt_ids, "completion_ids": chosen, "label": bool(example.label)})
         report.kept += 1
+        report.kinds.append(example.kind)
         report.tokens += len(prompt_ids) + len(chosen) + len(rejected or [])
     return rows, report
 
@@ -200,28 +210,73 @@ def answer_log_probs(model: torch.nn.Module, prompt_ids: list[int], answers: lis
     return totals
 
 
-def preference_accuracy(model: torch.nn.Module, pairs: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Share of pairs whose chosen answer has the higher log-probability, and the mean log-probability margin."""
+@contextlib.contextmanager
+def reference_model(policy: torch.nn.Module, ref_model: torch.nn.Module | None) -> Iterator[torch.nn.Module]:
+    """The reference the policy is measured against: a separate model (full tuning), the frozen `ref` adapter (an
+    SFT adapter trained on), or the base with the adapter disabled (a new adapter), as TRL's trainers do."""
+    if ref_model is not None:
+        yield ref_model
+        return
+    peft_config = getattr(policy, "peft_config", None)
+    if peft_config is None:
+        raise WenzhenError("full fine-tuning needs a reference model")
+    if REFERENCE_ADAPTER in peft_config:
+        active = policy.active_adapter  # type: ignore[union-attr]
+        policy.set_adapter(REFERENCE_ADAPTER)  # type: ignore[operator]
+        try:
+            yield policy
+        finally:
+            policy.set_adapter(active)  # type: ignore[operator]
+        return
+    with policy.disable_adapter():  # type: ignore[operator]
+        yield policy
+
+
+def preference_metrics(
+    policy: torch.nn.Module,
+    ref_model: torch.nn.Module | None,
+    pairs: Sequence[dict[str, Any]],
+    kinds: Sequence[str],
+    beta: float,
+) -> dict[str, Any]:
+    """Held-out preference metrics of dev pairs, overall and per kind (answer / safety pairs):
+
+    * `reward_accuracy`: share of pairs whose implicit DPO reward beta * (log pi/pi_ref) is higher for the
+      chosen answer (ties count half, so the untrained policy, equal to its reference, scores chance: 0.5);
+    * `reward_margin`: mean reward of chosen minus rejected;
+    * `logp_accuracy`: share of pairs whose chosen answer the model itself finds more likely.
+    """
     if not pairs:
         return {}
-    was_training = model.training
-    model.eval()
-    wins, margins = 0, []
+    was_training = policy.training
+    policy.eval()
+    rows: list[tuple[str, float, float]] = []
     try:
         with torch.no_grad():
-            for pair in pairs:
-                chosen, rejected = answer_log_probs(
-                    model, pair["prompt_ids"], [pair["chosen_ids"], pair["rejected_ids"]]
-                )
-                wins += int(chosen > rejected)
-                margins.append(chosen - rejected)
+            for pair, kind in zip(pairs, kinds, strict=True):
+                answers = [pair["chosen_ids"], pair["rejected_ids"]]
+                chosen, rejected = answer_log_probs(policy, pair["prompt_ids"], answers)
+                with reference_model(policy, ref_model) as reference:
+                    ref_chosen, ref_rejected = answer_log_probs(reference, pair["prompt_ids"], answers)
+                margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+                rows.append((kind, margin, chosen - rejected))
     finally:
-        model.train(was_training)
-    return {
-        "accuracy": round(wins / len(pairs), 4),
-        "margin": round(sum(margins) / len(margins), 4),
-        "pairs": len(pairs),
+        policy.train(was_training)
+
+    def summary(selected: list[tuple[str, float, float]]) -> dict[str, Any]:
+        wins = sum(1.0 if margin > 1e-6 else 0.5 if abs(margin) <= 1e-6 else 0.0 for _, margin, _ in selected)
+        return {
+            "pairs": len(selected),
+            "reward_accuracy": round(wins / len(selected), 4),
+            "reward_margin": round(sum(margin for _, margin, _ in selected) / len(selected), 4),
+            "logp_accuracy": round(sum(1 for *_, gap in selected if gap > 0) / len(selected), 4),
+        }
+
+    result = summary(rows)
+    result["by_kind"] = {
+        kind: summary([row for row in rows if row[0] == kind]) for kind in sorted(set(kinds))
     }
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- objectives
@@ -233,11 +288,14 @@ class PreferenceObjective:
 
     name: str
     paired: bool
-    build: Callable[..., Any]
+    build: Callable[..., Any]  # (config, TrainingArguments kwargs, model=, train_dataset=rows, ...) -> trainer
 
 
 def _dpo_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) -> Any:
+    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
+
+    kwargs["train_dataset"] = Dataset.from_list(kwargs["train_dataset"])
 
     class FamilyEncodedDPOTrainer(DPOTrainer):
         """DPOTrainer on rows the model family already encoded (TRL would re-render them with a Jinja template)."""
@@ -281,8 +339,13 @@ def _kto_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
             )
 
     settings = config.preference
+    # The KL completions are fixed per batch position, so TRL needs the data in order: shuffled once here instead.
+    random.Random(config.training_args.seed).shuffle(kwargs["train_dataset"])
+    from datasets import Dataset
+
+    kwargs["train_dataset"] = Dataset.from_list(kwargs["train_dataset"])
     args = KTOConfig(
-        **arguments,
+        **{**arguments, "train_sampling_strategy": "sequential"},
         beta=settings.beta,
         desirable_weight=settings.desirable_weight,
         undesirable_weight=settings.undesirable_weight,
@@ -309,13 +372,15 @@ def tuning_method(config: TrainConfig, model_dir: Path) -> str:
 
 def load_policy(
     model_dir: Path, config: TrainConfig, device: torch.device
-) -> tuple[LoadedModel, torch.nn.Module]:
-    """The base model with the trainable weights of the tuning method.
+) -> tuple[LoadedModel, torch.nn.Module, torch.nn.Module | None]:
+    """(the loaded base, the policy with the tuning method's trainable weights, a separate reference or None).
 
-    An SFT adapter MODEL_DIR goes on training (as adapter `default`) and is also loaded frozen as `ref`, TRL's
-    reference, so the policy starts where SFT ended and is held near it, not near the base.
+    An SFT adapter MODEL_DIR goes on training (as adapter `default`; TRL freezes a copy as `ref`, the reference),
+    so the policy starts where SFT ended and is held near it, not near the base. LoRA needs no second model (the
+    reference is the adapter switched off, or the `ref` adapter); full tuning loads a frozen copy.
     """
     from peft import PeftModel
+    from transformers import set_seed
 
     method = METHODS.get(tuning_method(config, model_dir))
     method.check_available(device)
@@ -324,25 +389,72 @@ def load_policy(
     loaded = method.load(base_dir, device, config)
     loaded.model.config.use_cache = False
     if config.training_args.gradient_checkpointing:
-        from wenzhen.train.methods import enable_gradient_checkpointing
-
         enable_gradient_checkpointing(loaded.model)
+    set_seed(config.training_args.seed)
+    reference = None
     if adapter is None:
-        from transformers import set_seed
-
-        set_seed(config.training_args.seed)
         policy = method.prepare(loaded.model, config, loaded.family)
-    else:
         if not method.trains_adapter:
-            raise WenzhenError(
-                "MODEL_DIR is an adapter; preference.tuning full needs a merged model (`wenzhen merge`)"
-            )
+            reference = method.load(base_dir, device, config).model.eval().requires_grad_(False)
+    elif not method.trains_adapter:
+        raise WenzhenError(
+            "MODEL_DIR is an adapter; preference.tuning full needs a merged model (`wenzhen merge`)"
+        )
+    else:
+        # TRL's trainers copy a trained-on adapter into a frozen `ref` adapter: the reference (adapter weights only).
         policy = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=True)
-        policy.load_adapter(str(adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
-        policy.set_adapter("default")
-        loaded.adapter = adapter
     policy.train()
-    return loaded, policy
+    return loaded, policy, reference
+
+
+@dataclass
+class PreferenceData:
+    """The encoded splits: TRL's train and dev rows, and the dev pairs scored before and after."""
+
+    train_rows: list[dict[str, Any]]
+    dev_rows: list[dict[str, Any]]
+    dev_pairs: list[dict[str, Any]]
+    reports: dict[str, PreferenceReport]
+
+
+def encode_splits(data_dir: Path, config: TrainConfig, loaded: LoadedModel, paired: bool) -> PreferenceData:
+    """Read and encode train (required) and dev (optional, at most `preference.max_eval_pairs` examples)."""
+    from wenzhen.train.trainer import read_split
+
+    files = config.data_config
+    examples: dict[str, list[PreferenceExample]] = {}
+    problems: dict[str, list[str]] = {}
+    for split, name, required in (("train", files.train_file, True), ("dev", files.val_file, False)):
+        rows = read_split(data_dir, name, split, required) or []
+        examples[split], problems[split] = read_examples(rows, str(name))
+    limit = config.preference.max_eval_pairs
+    dev_examples = examples["dev"][:limit] if limit else examples["dev"]
+    train_rows, train_report = encode_examples(examples["train"], loaded, config, paired, files.train_file)
+    dev_pairs, dev_report = encode_examples(dev_examples, loaded, config, True, str(files.val_file))
+    for split, report in (("train", train_report), ("dev", dev_report)):
+        report.problems[:0] = problems[split]
+        report.skipped += len(problems[split])
+    if not train_rows:
+        raise WenzhenError(
+            f"no usable preference example in {data_dir / files.train_file} ({'; '.join(train_report.problems[:3])})"
+        )
+    dev_rows = dev_pairs if paired else encode_examples(dev_examples, loaded, config, False, "dev")[0]
+    return PreferenceData(train_rows, dev_rows, dev_pairs, {"train": train_report, "dev": dev_report})
+
+
+def trl_arguments(
+    config: TrainConfig, output_dir: Path, device: torch.device, has_dev: bool, config_dir: Path | None
+) -> dict[str, Any]:
+    """The run's `TrainingArguments` (built as for SFT) as keyword arguments for TRL's config classes."""
+    from wenzhen.train.trainer import build_training_arguments
+
+    built = build_training_arguments(config, output_dir, device, has_dev, config_dir).to_dict()
+    arguments = {
+        key: value for key, value in built.items() if not key.startswith("_") and key != "local_rank"
+    }
+    arguments["remove_unused_columns"] = False  # TRL's collators read prompt_ids, chosen_ids, ...
+    arguments["gradient_checkpointing"] = False  # switched on the model already, by the project's one switch
+    return arguments
 
 
 def train_preference(
@@ -355,12 +467,14 @@ def train_preference(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Align `model_dir` on the preference data of `data_dir`; write the run folder and return the summary."""
-    from wenzhen.train import trainer as sft
+    from datasets import Dataset
+
+    from wenzhen.train.trainer import save_final, training_device
 
     objective = OBJECTIVES.get(config.objective)
-    device = sft.training_device(config)
+    device = training_device(config)
     output_dir = Path(config.training_args.output_dir)
-    loaded, policy = load_policy(model_dir, config, device)
+    loaded, policy, reference = load_policy(model_dir, config, device)
     choose_attention(loaded.model, device, config.performance.attention, packed=False)
     if config.performance.compile and device.type == "cuda":
         compile_decoder_layers(policy)
@@ -368,94 +482,70 @@ def train_preference(
         log.info(
             "notice: TRL trains preference pairs as padded batches (its padding_free is disabled); no packing"
         )
-
-    data = config.data_config
-    train_examples, train_problems = read_examples(
-        sft.read_split(data_dir, data.train_file, "train", True) or [], data.train_file
-    )
-    dev_examples, dev_problems = read_examples(
-        sft.read_split(data_dir, data.val_file, "dev", False) or [], str(data.val_file)
-    )
-    train_rows, train_report = encode_examples(
-        train_examples, loaded, config, objective.paired, data.train_file
-    )
-    train_report.problems[:0] = train_problems
-    train_report.skipped += len(train_problems)
-    if not train_rows:
-        raise WenzhenError(
-            f"no usable preference example in {data_dir / data.train_file} ({'; '.join(train_report.problems[:3])})"
-        )
-    limit = config.preference.max_eval_pairs
-    dev_pairs, dev_report = encode_examples(
-        dev_examples[:limit] if limit else dev_examples, loaded, config, True, str(data.val_file)
-    )
-    dev_report.skipped += len(dev_problems)
-    dev_rows = (
-        dev_pairs
-        if objective.paired
-        else encode_examples(
-            dev_examples[:limit] if limit else dev_examples, loaded, config, False, str(data.val_file)
-        )[0]
-    )
-
-    from datasets import Dataset
-
-    arguments = sft.build_training_arguments(config, output_dir, device, bool(dev_rows), config_dir).to_dict()
-    for derived in ("_n_gpu", "local_rank"):
-        arguments.pop(derived, None)
-    arguments = {key: value for key, value in arguments.items() if not key.startswith("_")}
-    arguments["remove_unused_columns"] = False
-    arguments["gradient_checkpointing"] = False  # enabled on the model above, by the project's one switch
-    before = preference_accuracy(policy, dev_pairs)
+    data = encode_splits(data_dir, config, loaded, objective.paired)
+    dev_kinds = data.reports["dev"].kinds
     trainer = objective.build(
         config,
-        arguments,
+        trl_arguments(config, output_dir, device, bool(data.dev_rows), config_dir),
         model=policy,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(dev_rows) if dev_rows else None,
+        ref_model=reference,
+        train_dataset=data.train_rows,
+        eval_dataset=Dataset.from_list(data.dev_rows) if data.dev_rows else None,
         processing_class=loaded.tokenizer,
         callbacks=[ProgressBar(), MetricsLog(output_dir), *callbacks],
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    reports = {"train": train_report.as_dict(), "dev": dev_report.as_dict()}
+    # Scored once the trainer has set up the reference (a `ref` adapter copy where the adapter was trained before).
+    before = preference_metrics(policy, reference, data.dev_pairs, dev_kinds, config.preference.beta)
     if trainer.args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_run_info(
-            output_dir,
-            RunInfo(
-                stage="train",
-                base_model=str(
-                    (resolve_base(model_dir, None) if is_adapter_dir(model_dir) else model_dir).resolve()
-                ),
-                chat_format=loaded.family.name,
-                config=config.model_dump(mode="json"),
-                extra={
-                    "method": tuning_method(config, model_dir),
-                    "objective": objective.name,
-                    "data_dir": str(data_dir.resolve()),
-                },
-            ),
-        )
-        write_json(output_dir / PAIRS_FILE, reports)
+        record_run(output_dir, config, model_dir, loaded, data_dir, objective.name, data.reports)
 
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - started
-    after = preference_accuracy(policy, dev_pairs)
-    if (
-        isinstance(policy, torch.nn.Module)
-        and hasattr(policy, "delete_adapter")
-        and REFERENCE_ADAPTER in getattr(policy, "peft_config", {})
-    ):
-        policy.delete_adapter(REFERENCE_ADAPTER)  # the reference is not part of the result
-    final = sft.save_final(trainer, output_dir)
-    summary = summarise(trainer, config, objective.name, train_report, seconds, device, final, before, after)
+    after = preference_metrics(policy, reference, data.dev_pairs, dev_kinds, config.preference.beta)
+    if REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
+        policy.delete_adapter(REFERENCE_ADAPTER)  # type: ignore[operator]  # the reference is not the result
+    final = save_final(trainer, output_dir)
+    summary = summarise(
+        trainer, config, objective.name, data.reports["train"], seconds, device, final, before, after
+    )
     if trainer.args.should_save:
         write_json(output_dir / SUMMARY_FILE, summary)
         plot_curve(read_metrics(output_dir / METRICS_FILE), output_dir / CURVE_FILE)
         log.info("%s", format_preference_summary(summary))
     return summary
+
+
+def record_run(
+    output_dir: Path,
+    config: TrainConfig,
+    model_dir: Path,
+    loaded: LoadedModel,
+    data_dir: Path,
+    objective: str,
+    reports: dict[str, PreferenceReport],
+) -> None:
+    """run.json (the resolved config; the base model, so the adapter merges and serves like an SFT one) and
+    preference.json (what happened to each split's examples)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_run_info(
+        output_dir,
+        RunInfo(
+            stage="train",
+            base_model=str(loaded.path.resolve()),
+            chat_format=loaded.family.name,
+            config=config.model_dump(mode="json"),
+            extra={
+                "method": tuning_method(config, model_dir),
+                "objective": objective,
+                "start": str(model_dir.resolve()),
+                "data_dir": str(data_dir.resolve()),
+            },
+        ),
+    )
+    write_json(output_dir / PAIRS_FILE, {split: report.as_dict() for split, report in reports.items()})
 
 
 def summarise(
@@ -512,10 +602,12 @@ def format_preference_summary(summary: dict[str, Any]) -> str:
         f"({summary['pair_tokens_per_second']:,.0f} prompt+answer tokens/s)",
         f"loss {summary['first_loss']} -> {summary['final_loss']}",
     ]
-    if before:
+    for kind, after_kind in (after.get("by_kind") or {}).items():
+        before_kind = before["by_kind"][kind]
         lines.append(
-            f"dev preference accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
-            f"(log-prob margin {before['margin']:.2f} -> {after['margin']:.2f}, {after['pairs']} pairs)"
+            f"dev {kind} pairs ({after_kind['pairs']}): reward accuracy {before_kind['reward_accuracy']:.3f} -> "
+            f"{after_kind['reward_accuracy']:.3f}, reward margin {after_kind['reward_margin']:.3f}, "
+            f"log-prob accuracy {before_kind['logp_accuracy']:.3f} -> {after_kind['logp_accuracy']:.3f}"
         )
     lines.append(
         f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB ({summary['peak_memory_kind']})"
