@@ -34,10 +34,14 @@ def test_medicalgpt_pairs_keep_their_prompt_turns_and_both_answers(shared_dir: P
     assert choose_reader(source)[0].name == "preference-pairs"
     report = prepare([source], tmp_path / "out", DataConfig(progress=False))
     assert report["read"] == 500 and accounted(report)
-    rows = [row for split in ("train", "dev", "test") for row in read_jsonl(tmp_path / "out" / f"{split}.jsonl")]
+    rows = [
+        row for split in ("train", "dev", "test") for row in read_jsonl(tmp_path / "out" / f"{split}.jsonl")
+    ]
     assert len(rows) == report["kept"] > 450
     assert all(set(row) == {"conversations", "chosen", "rejected"} for row in rows)
-    assert all(row["conversations"][-1]["role"] == "user" and row["chosen"] != row["rejected"] for row in rows)
+    assert all(
+        row["conversations"][-1]["role"] == "user" and row["chosen"] != row["rejected"] for row in rows
+    )
     # 84 of the 500 carry a system turn (SOURCE.md); it stays the first prompt turn.
     with_system = [row for row in rows if row["conversations"][0]["role"] == "system"]
     assert 70 < len(with_system) <= 84
@@ -60,7 +64,9 @@ def test_medicalgpt_pairs_keep_their_prompt_turns_and_both_answers(shared_dir: P
 def test_every_pair_layout_becomes_the_same_row(tmp_path: Path, row: dict) -> None:
     report, rows = prepared(tmp_path, write(tmp_path / "pairs.jsonl", [row]))
     assert report["inputs"][0]["format"] == "preference-pairs"
-    assert rows == [{"conversations": [{"role": "user", "content": QUESTION}], "chosen": GOOD, "rejected": BAD}]
+    assert rows == [
+        {"conversations": [{"role": "user", "content": QUESTION}], "chosen": GOOD, "rejected": BAD}
+    ]
 
 
 def test_kto_answers_keep_their_label_and_bad_labels_are_rejected(tmp_path: Path) -> None:

@@ -128,22 +128,48 @@ class TrainingArgs(StrictModel):
         return translated
 
 
-class PeftConfig(StrictModel):
-    """`peft_config`: the official PEFT section (`peft_type` LORA or PREFIX_TUNING) mapped onto peft's configs."""
+class LoraSettings(StrictModel):
+    """The settings of the `lora` and `qlora` methods (peft `LoraConfig`), with the defaults they train with."""
+
+    r: int = Field(default=8, ge=1, description="adapter rank")
+    lora_alpha: float = Field(default=32, gt=0, description="scale: updates are multiplied by lora_alpha / r")
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: list[str] | str | None = Field(
+        default=None,
+        description="None: the model family's attention projections (q/k/v for ChatGLM3; the official "
+        "query_key_value is translated); all-linear: every linear layer",
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+    modules_to_save: list[str] | None = None
+
+
+class PrefixSettings(StrictModel):
+    """The settings of the `ptuning_v2` method (peft `PrefixTuningConfig`), with the defaults it trains with."""
+
+    num_virtual_tokens: int = Field(
+        default=128, ge=1, description="trained key/value prefix length per layer"
+    )
+    prefix_projection: bool = Field(default=False, description="reparameterise the prefix through an MLP")
+    encoder_hidden_size: int | None = Field(
+        default=None, ge=1, description="that MLP's width (None: hidden size)"
+    )
+
+
+# The peft_type of the official configs -> the settings its keys belong to.
+PEFT_TYPE_SETTINGS: dict[str, type[StrictModel]] = {"LORA": LoraSettings, "PREFIX_TUNING": PrefixSettings}
+
+
+class PeftConfig(LoraSettings, PrefixSettings):
+    """`peft_config`: the official PEFT section; `peft_type` LORA takes the LoRA settings, PREFIX_TUNING the
+    prefix settings (keys of the other kind are an error). Defaults are what the methods train with."""
 
     peft_type: Literal["LORA", "PREFIX_TUNING"]
     task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
-    # LoRA
-    r: int | None = Field(default=None, ge=1)
-    lora_alpha: float | None = Field(default=None, gt=0)
-    lora_dropout: float | None = Field(default=None, ge=0, lt=1)
-    target_modules: list[str] | str | None = None
-    bias: Literal["none", "all", "lora_only"] | None = None
-    modules_to_save: list[str] | None = None
-    # Prefix tuning (P-Tuning v2)
-    num_virtual_tokens: int | None = Field(default=None, ge=1)
-    prefix_projection: bool | None = None
-    encoder_hidden_size: int | None = Field(default=None, ge=1)
+
+    def settings(self) -> StrictModel:
+        """The typed settings of this section's method (LoraSettings or PrefixSettings)."""
+        model = PEFT_TYPE_SETTINGS[self.peft_type]
+        return model.model_validate({name: getattr(self, name) for name in model.model_fields})
 
     @field_validator("peft_type", mode="before")
     @classmethod
@@ -154,15 +180,8 @@ class PeftConfig(StrictModel):
     @model_validator(mode="after")
     def keys_fit_the_type(self) -> "PeftConfig":
         """A LoRA key under PREFIX_TUNING (or the reverse) is a mistake, not something to ignore."""
-        own = {
-            "LORA": {"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "modules_to_save"},
-            "PREFIX_TUNING": {"num_virtual_tokens", "prefix_projection", "encoder_hidden_size"},
-        }
-        foreign = sorted(
-            key
-            for key in self.model_fields_set - {"peft_type", "task_type"}
-            if key not in own[self.peft_type]
-        )
+        own = set(PEFT_TYPE_SETTINGS[self.peft_type].model_fields)
+        foreign = sorted(key for key in self.model_fields_set - {"peft_type", "task_type"} if key not in own)
         if foreign:
             raise ValueError(f"{', '.join(foreign)} do not apply to peft_type {self.peft_type}")
         return self

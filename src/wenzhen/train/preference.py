@@ -288,7 +288,9 @@ class PreferenceObjective:
 
     name: str
     paired: bool
-    build: Callable[..., Any]  # (config, TrainingArguments kwargs, model=, train_dataset=rows, ...) -> trainer
+    build: Callable[
+        ..., Any
+    ]  # (config, TrainingArguments kwargs, model=, train_dataset=rows, ...) -> trainer
 
 
 def _dpo_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) -> Any:
