@@ -122,9 +122,14 @@ def build_split(
             rejects.append({"source": source, "line": number, "reason": reason, "model_answer": answer})
         pairs += made
     kinds = Counter(pair["kind"] for pair in pairs)
-    counts = {
+    used = len(usable) - sum(1 for reject in rejects if "model_answer" in reject)
+    if len(rows) != used + len(rejects):
+        raise RuntimeError(
+            f"conversations lost while building pairs: {len(rows)} read, {used} used, {len(rejects)} rejected"
+        )
+    counts: dict[str, Any] = {
         "read": len(rows),
-        "used": len(usable) - sum(1 for reject in rejects if "model_answer" in reject),
+        "used": used,
         "rejected": len(rejects),
         "pairs": len(pairs),
         "answer_pairs": kinds["answer"],
@@ -132,8 +137,6 @@ def build_split(
         "rejected_by_reason": dict(Counter(reject["reason"] for reject in rejects)),
         "safety_categories": dict(Counter(c for pair in pairs for c in pair.get("categories", []))),
     }
-    if counts["read"] != counts["used"] + counts["rejected"]:
-        raise RuntimeError(f"conversations lost while building pairs: {counts}")
     return pairs, rejects, counts
 
 

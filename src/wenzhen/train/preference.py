@@ -221,7 +221,7 @@ def reference_model(policy: torch.nn.Module, ref_model: torch.nn.Module | None) 
     if peft_config is None:
         raise WenzhenError("full fine-tuning needs a reference model")
     if REFERENCE_ADAPTER in peft_config:
-        active = policy.active_adapter  # type: ignore[union-attr]
+        active = policy.active_adapter
         policy.set_adapter(REFERENCE_ADAPTER)  # type: ignore[operator]
         try:
             yield policy
@@ -302,7 +302,7 @@ def _dpo_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
     class FamilyEncodedDPOTrainer(DPOTrainer):
         """DPOTrainer on rows the model family already encoded (TRL would re-render them with a Jinja template)."""
 
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # type: ignore[no-untyped-def]
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
 
     settings = config.preference
@@ -324,7 +324,7 @@ def _kto_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
     class FamilyEncodedKTOTrainer(KTOTrainer):
         """KTOTrainer on rows the model family already encoded; adds TRL's mismatched KL completions itself."""
 
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # type: ignore[no-untyped-def]
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if not self.calculate_KL:
                 return dataset
 
