@@ -284,13 +284,12 @@ def preference_metrics(
 
 @dataclass(frozen=True)
 class PreferenceObjective:
-    """A preference loss: whether it needs pairs, and how to build its TRL trainer."""
+    """A preference loss: whether it needs pairs, and how to build its TRL trainer
+    (`build(config, training-argument kwargs, model=..., train_dataset=rows, ...)`)."""
 
     name: str
     paired: bool
-    build: Callable[
-        ..., Any
-    ]  # (config, TrainingArguments kwargs, model=, train_dataset=rows, ...) -> trainer
+    build: Callable[..., Any]
 
 
 def _dpo_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) -> Any:
@@ -319,6 +318,7 @@ def _dpo_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
 
 
 def _kto_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) -> Any:
+    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
     class FamilyEncodedKTOTrainer(KTOTrainer):
@@ -343,8 +343,6 @@ def _kto_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
     settings = config.preference
     # The KL completions are fixed per batch position, so TRL needs the data in order: shuffled once here instead.
     random.Random(config.training_args.seed).shuffle(kwargs["train_dataset"])
-    from datasets import Dataset
-
     kwargs["train_dataset"] = Dataset.from_list(kwargs["train_dataset"])
     args = KTOConfig(
         **{**arguments, "train_sampling_strategy": "sequential"},
