@@ -46,6 +46,7 @@ from wenzhen.train.callbacks import (
     SUMMARY_FILE,
     MetricsLog,
     ProgressBar,
+    StepClock,
     peak_memory_bytes,
     plot_curve,
     read_metrics,
@@ -484,6 +485,7 @@ def train_preference(
         )
     data = encode_splits(data_dir, config, loaded, objective.paired)
     dev_kinds = data.reports["dev"].kinds
+    clock = StepClock()
     trainer = objective.build(
         config,
         trl_arguments(config, output_dir, device, bool(data.dev_rows), config_dir),
@@ -492,7 +494,9 @@ def train_preference(
         train_dataset=data.train_rows,
         eval_dataset=Dataset.from_list(data.dev_rows) if data.dev_rows else None,
         processing_class=loaded.tokenizer,
-        callbacks=[ProgressBar(), MetricsLog(output_dir), *callbacks],
+        # The bar's steady tokens/s counts sequence tokens (each prompt once per answer); summary.json has the
+        # prompt + chosen + rejected rate.
+        callbacks=[clock, ProgressBar(clock), MetricsLog(output_dir), *callbacks],
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
