@@ -16,6 +16,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from wenzhen.data.config import DataConfig
+from wenzhen.data.pairs import PairsConfig
 from wenzhen.demo import DemoConfig
 from wenzhen.serve.config import ServingConfig
 from wenzhen.train.config import TrainConfig
@@ -23,11 +24,12 @@ from wenzhen.train.config import TrainConfig
 # (title, command that reads it, model, an example file in the repository)
 DOCUMENTED: list[tuple[str, str, type[BaseModel], str]] = [
     ("Data preparation", "wenzhen data prepare INPUT... --out DIR --config FILE", DataConfig, "-"),
+    ("Preference pairs", "wenzhen data pairs SFT_DIR MODEL --out DIR --config FILE", PairsConfig, "-"),
     (
         "Training",
         "wenzhen train DATA_DIR MODEL_DIR FILE",
         TrainConfig,
-        "configs/lora.yaml, configs/ptuning_v2.yaml, configs/sft.yaml",
+        "configs/lora.yaml, configs/ptuning_v2.yaml, configs/sft.yaml, configs/dpo.yaml, configs/kto.yaml",
     ),
     (
         "Serving (API, web UI, chat, eval safety)",
@@ -37,6 +39,25 @@ DOCUMENTED: list[tuple[str, str, type[BaseModel], str]] = [
     ),
     ("Demo", "wenzhen demo --config FILE", DemoConfig, "configs/demo.yaml"),
 ]
+
+
+def method_sections() -> list[tuple[str, str, type[BaseModel], str]]:
+    """One table per settings model of the tuning methods registry (lora and qlora share theirs)."""
+    from wenzhen.train.methods import METHODS
+
+    owners: dict[type[BaseModel], list[str]] = {}
+    for name, method in METHODS.items():
+        if method.settings is not None:
+            owners.setdefault(method.settings, []).append(name)
+    return [
+        (
+            f"Settings of method {' / '.join(names)} (under `peft_config`)",
+            "wenzhen train DATA_DIR MODEL_DIR FILE",
+            model,
+            "-",
+        )
+        for model, names in owners.items()
+    ]
 
 
 def nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -134,7 +155,7 @@ def render() -> str:
         "nested key is written as a nested mapping (`training_args.learning_rate` is `learning_rate:` under",
         "`training_args:`). Command-line options of each command override the file.",
     ]
-    for title, command, model, example in DOCUMENTED:
+    for title, command, model, example in DOCUMENTED + method_sections():
         lines += [
             "",
             f"## {title}: `{model.__name__}`",

@@ -4,6 +4,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from wenzhen.errors import ConfigError
 from wenzhen.train.commands import parse_override
@@ -26,11 +27,32 @@ def test_official_configs_load_unchanged(name: str, method: str, caplog: pytest.
     assert "evaluation_strategy is now called eval_strategy" in caplog.text
 
 
-@pytest.mark.parametrize("name", ["lora", "ptuning_v2", "sft"])
+@pytest.mark.parametrize("name", ["lora", "ptuning_v2", "sft", "dpo", "kto"])
 def test_shipped_configs_load(name: str):
     config = load_train_config(REPO / "configs" / f"{name}.yaml")
-    assert config.method_name == {"lora": "lora", "ptuning_v2": "ptuning_v2", "sft": "full"}[name]
+    methods = {"lora": "lora", "ptuning_v2": "ptuning_v2", "sft": "full", "dpo": "lora", "kto": "lora"}
+    assert config.method_name == methods[name]
+    assert config.objective == (name if name in ("dpo", "kto") else "sft")
     assert config.truncation == "keep_eos"
+
+
+def test_every_shipped_training_config_is_covered():
+    shipped = {path.stem for path in (REPO / "configs").glob("*.yaml")} - {"data", "demo"}
+    assert shipped == {"lora", "ptuning_v2", "sft", "dpo", "kto"}
+
+
+def test_preference_settings_are_checked_against_the_method():
+    base = {"max_input_length": 8, "max_output_length": 8}
+    with pytest.raises(ValidationError, match="preference settings apply to method dpo or kto"):
+        TrainConfig.model_validate({**base, "preference": {"beta": 0.2}})
+    with pytest.raises(ValidationError, match="trains LoRA or full weights"):
+        TrainConfig.model_validate({**base, "method": "dpo", "peft_config": {"peft_type": "PREFIX_TUNING"}})
+    with pytest.raises(ValidationError, match="beta"):
+        TrainConfig.model_validate({**base, "method": "dpo", "preference": {"beta": 0}})
+    full = TrainConfig.model_validate({**base, "method": "kto"})
+    assert (full.method_name, full.objective) == ("full", "kto")
+    qlora = TrainConfig.model_validate({**base, "method": "dpo", "preference": {"tuning": "qlora"}})
+    assert qlora.method_name == "qlora"
 
 
 def write(tmp_path: Path, text: str) -> Path:

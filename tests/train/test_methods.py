@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from wenzhen.errors import WenzhenError
 from wenzhen.models import detect_family
-from wenzhen.train.config import PeftConfig, TrainConfig
+from wenzhen.train.config import LoraSettings, PeftConfig, TrainConfig
 from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing, lora_targets
 
 
@@ -27,7 +27,7 @@ def test_official_fused_target_becomes_the_native_projections(tiny_llama_dir: Pa
         )
     assert targets == ["o_proj", "q_proj", "k_proj", "v_proj"]
     assert "official fused projection" in caplog.text
-    assert lora_targets(None, family) == ["q_proj", "k_proj", "v_proj"]
+    assert lora_targets(LoraSettings(), family) == ["q_proj", "k_proj", "v_proj"]
     assert lora_targets(PeftConfig(peft_type="LORA", target_modules="all-linear"), family) == "all-linear"
 
 

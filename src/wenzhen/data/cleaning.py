@@ -334,4 +334,18 @@ class Cleaner:
             reason = check(record, counts)
             if reason is not None:
                 return reason
+        return self._clean_rejected(record) if record.rejected is not None else None
+
+    def _clean_rejected(self, record: Record) -> str | None:
+        """The rejected answer of a pair goes through the same text rules; a pair must still differ after them."""
+        text = str(record.rejected)
+        if undecodable_seen() and has_undecodable(text):
+            return "undecodable_bytes"
+        for rule in self.text_rules:
+            text = rule(text, self.counts)
+        record.rejected = text
+        if not text:
+            return "empty_rejected"
+        if text == record.messages[-1]["content"]:
+            return "identical_pair: chosen and rejected are the same answer"
         return None

@@ -25,7 +25,7 @@ from wenzhen.data.cleaning import Cleaner
 from wenzhen.data.config import DataConfig
 from wenzhen.data.lengths import LengthMeter, char_meter, token_meter
 from wenzhen.data.readers import Reader, choose_reader
-from wenzhen.data.records import Record
+from wenzhen.data.records import Record, output_row
 from wenzhen.data.report import Tally, percentiles
 from wenzhen.data.split import NO_DEPARTMENT, SPLITS, SplitPlanner, conversation_key, question_key
 from wenzhen.errors import WenzhenError
@@ -158,7 +158,7 @@ class _Run:
         if self.system and record.messages[0]["role"] != "system":
             record.messages = self.system + record.messages
         if self.config.dedup:
-            key = conversation_key(record.messages)
+            key = conversation_key(record.messages, record.rejected, record.label)
             if key in self.seen:
                 self.tally.count("duplicates", record.source, department)
                 self._write(
@@ -204,6 +204,10 @@ class _Run:
                     reason = reason or _turn_limit(size, limits.min_assistant, limits.max_assistant, "answer")
                 else:
                     system += size
+            if record.rejected is not None:
+                size = next(lengths)
+                assistant += size
+                reason = reason or _turn_limit(size, limits.min_assistant, limits.max_assistant, "answer")
             total = user + assistant + system
             if reason is None and limits.max_total is not None and total > limits.max_total:
                 reason = f"too_long_total: {total} {self.meter.unit} > {limits.max_total}"
@@ -223,7 +227,8 @@ class _Run:
         self.department_of_kept.append(
             self.department_index.setdefault(department, len(self.department_index))
         )
-        self.spool.write(json.dumps({"conversations": record.messages}, ensure_ascii=False))
+        row = output_row(record.messages, record.rejected, record.label)
+        self.spool.write(json.dumps(row, ensure_ascii=False))
         self.spool.write("\n")
 
     def write_splits(self) -> dict[str, int]:
@@ -294,7 +299,13 @@ class _Run:
 
 
 def _texts(batch: list[Record]) -> list[str]:
-    return [message["content"] for record in batch for message in record.messages]
+    """Every text to measure, record by record: its messages, then a pair's rejected answer."""
+    texts = []
+    for record in batch:
+        texts += [message["content"] for message in record.messages]
+        if record.rejected is not None:
+            texts.append(record.rejected)
+    return texts
 
 
 def _turn_limit(size: int, minimum: int, maximum: int | None, what: str) -> str | None:

@@ -376,6 +376,111 @@ def _first_turn(probe: Probe) -> dict[str, Any]:
     return {}
 
 
+# ---------------------------------------------------------------------------------------------- preference data
+# Registered before the conversation readers: a MedicalGPT pair also has a `conversations` list.
+
+
+def _prompt_turns(turns: Any) -> list[Message]:
+    """Prompt turns in ShareGPT `{from, value}` or `{role, content}` form; the prompt must end on a user turn."""
+    if not isinstance(turns, list) or not turns:
+        raise BadRecord("bad_field: the prompt is not a non-empty list of turns")
+    messages: list[Message] = []
+    for turn in turns:
+        if isinstance(turn, dict) and "from" in turn:
+            role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+            content = turn.get("value")
+        elif isinstance(turn, dict) and "role" in turn:
+            role = str(turn["role"]) if turn["role"] in MESSAGE_ROLES else None
+            content = turn.get("content")
+        else:
+            raise BadRecord("bad_turn: a prompt turn needs from/value or role/content")
+        if role is None:
+            raise BadRecord(f"unknown_role: {turn.get('from', turn.get('role'))!r}")
+        messages.append({"role": role, "content": _text(content, "prompt turn")})
+    if messages[-1]["role"] != "user":
+        raise BadRecord("bad_prompt: the prompt must end with the user's turn that the answers reply to")
+    return messages
+
+
+def _answer(value: Any, what: str) -> str:
+    """An answer as text, or as TRL's conversational form: a list holding one assistant message."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value = value[0].get("content", value[0].get("value"))
+    return _text(value, what)
+
+
+def _prompt(raw: dict[str, Any]) -> list[Message]:
+    """The prompt of a preference record: `conversations` turns, or `prompt` as text or as a list of turns, with
+    the older MedicalGPT `system` / `history` / `question` keys."""
+    if "conversations" in raw:
+        return _prompt_turns(raw["conversations"])
+    prompt = raw.get("prompt", raw.get("question"))
+    if isinstance(prompt, list):
+        return _prompt_turns(prompt)
+    messages: list[Message] = []
+    if raw.get("system"):
+        messages.append({"role": "system", "content": _text(raw["system"], "system")})
+    for pair in raw.get("history") or []:
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise BadRecord("bad_history: each history item must be a [question, answer] pair")
+        messages.append({"role": "user", "content": _text(pair[0], "history question")})
+        messages.append({"role": "assistant", "content": _text(pair[1], "history answer")})
+    messages.append({"role": "user", "content": _text(prompt, "prompt")})
+    return messages
+
+
+PAIR_KEYS = [("chosen", "rejected"), ("response_chosen", "response_rejected")]
+
+
+def _convert_pair(raw: dict[str, Any]) -> Record:
+    """A prompt with a chosen and a rejected answer (MedicalGPT, TRL's prompt/chosen/rejected, ShareGPT pairs)."""
+    for chosen_key, rejected_key in PAIR_KEYS:
+        if chosen_key in raw and rejected_key in raw:
+            messages = _prompt(raw)
+            messages.append({"role": "assistant", "content": _answer(raw[chosen_key], chosen_key)})
+            return _conversation(
+                messages,
+                department=_department(raw.get("department")),
+                rejected=_answer(raw[rejected_key], rejected_key),
+            )
+    raise BadRecord("missing_field: a preference pair needs chosen and rejected answers")
+
+
+KTO_LABELS = {True: True, False: False, "true": True, "false": False}  # 1 and 0 equal True and False
+
+
+def _convert_kto(raw: dict[str, Any]) -> Record:
+    """One answer to a prompt with KTO's label: true when it is a desirable answer."""
+    label = raw.get("label")
+    verdict = KTO_LABELS.get(label.lower() if isinstance(label, str) else label)
+    if verdict is None:
+        raise BadRecord(f"bad_field: label is {label!r}, not true or false")
+    messages = _prompt(raw)
+    messages.append({"role": "assistant", "content": _answer(raw.get("completion"), "completion")})
+    return _conversation(messages, department=_department(raw.get("department")), label=verdict)
+
+
+READERS.add(
+    "preference-pairs",
+    Reader(
+        "preference-pairs",
+        "preference pairs: conversations (MedicalGPT/ShareGPT prompt turns) or prompt, with chosen and rejected "
+        "(also question/response_chosen/response_rejected)",
+        lambda p: any({c, r} <= _keys(p) for c, r in PAIR_KEYS),
+        _json_reader(_convert_pair),
+    ),
+)
+READERS.add(
+    "kto",
+    Reader(
+        "kto",
+        "KTO single answers: conversations or prompt, completion, label (true: desirable)",
+        lambda p: {"completion", "label"} <= _keys(p),
+        _json_reader(_convert_kto),
+    ),
+)
+
+
 READERS.add(
     "sharegpt",
     Reader("sharegpt", "ShareGPT JSON / JSON Lines: conversations [{from, value}]", lambda p: "from" in _first_turn(p), _json_reader(_convert_sharegpt)),

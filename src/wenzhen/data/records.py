@@ -22,6 +22,30 @@ class Record:
     department: str | None = None
     title: str | None = None
     error: str | None = None
+    # Preference data: `messages` ends with the chosen (or, for KTO, the judged) answer; `rejected` is the
+    # dispreferred answer to the same prompt, `label` KTO's verdict on a single answer.
+    rejected: str | None = None
+    label: bool | None = None
+
+    @property
+    def is_preference(self) -> bool:
+        """True for a chosen/rejected pair or a labelled single answer."""
+        return self.rejected is not None or self.label is not None
+
+
+def output_row(messages: list[Message], rejected: str | None, label: bool | None) -> dict[str, Any]:
+    """The JSON line written for a kept record.
+
+    Conversations as `{"conversations": [...]}` (the ChatGLM3 fine-tuning format); pairs as MedicalGPT's layout
+    with role/content prompt turns (`{"conversations": prompt, "chosen", "rejected"}`); KTO answers as
+    `{"conversations": prompt, "completion", "label"}`.
+    """
+    if rejected is None and label is None:
+        return {"conversations": messages}
+    prompt, answer = messages[:-1], messages[-1]["content"]
+    if rejected is not None:
+        return {"conversations": prompt, "chosen": answer, "rejected": rejected}
+    return {"conversations": prompt, "completion": answer, "label": label}
 
 
 class BadRecord(Exception):

@@ -18,9 +18,10 @@ SPLITS = ("train", "dev", "test")
 NO_DEPARTMENT = "(none)"
 
 
-def conversation_key(messages: list[Message]) -> int:
-    """Identity of a cleaned conversation for exact de-duplication (roles and texts)."""
-    return hash((tuple(m["role"] for m in messages), tuple(m["content"] for m in messages)))
+def conversation_key(messages: list[Message], rejected: str | None = None, label: bool | None = None) -> int:
+    """Identity of a cleaned conversation for exact de-duplication (roles and texts; a pair's rejected answer and
+    a KTO label are part of it)."""
+    return hash((tuple(m["role"] for m in messages), tuple(m["content"] for m in messages), rejected, label))
 
 
 def question_key(messages: list[Message]) -> int:

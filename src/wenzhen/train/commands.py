@@ -119,7 +119,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = parser.add_argument_group("overrides (each replaces the config's value)")
     group.add_argument("--output-dir", help="run folder (training_args.output_dir)")
     group.add_argument(
-        "--method", choices=["lora", "qlora", "ptuning_v2", "prefix", "full"], help="tuning method"
+        "--method",
+        choices=["lora", "qlora", "ptuning_v2", "prefix", "full", "dpo", "kto"],
+        help="tuning method, or dpo / kto: preference alignment on pairs (settings under preference:)",
     )
     group.add_argument("--max-steps", type=int, help="optimizer steps (training_args.max_steps)")
     group.add_argument("--learning-rate", type=float, help="peak learning rate")

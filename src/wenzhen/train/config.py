@@ -128,22 +128,48 @@ class TrainingArgs(StrictModel):
         return translated
 
 
-class PeftConfig(StrictModel):
-    """`peft_config`: the official PEFT section (`peft_type` LORA or PREFIX_TUNING) mapped onto peft's configs."""
+class LoraSettings(StrictModel):
+    """The settings of the `lora` and `qlora` methods (peft `LoraConfig`), with the defaults they train with."""
+
+    r: int = Field(default=8, ge=1, description="adapter rank")
+    lora_alpha: float = Field(default=32, gt=0, description="scale: updates are multiplied by lora_alpha / r")
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: list[str] | str | None = Field(
+        default=None,
+        description="None: the model family's attention projections (q/k/v for ChatGLM3; the official "
+        "query_key_value is translated); all-linear: every linear layer",
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+    modules_to_save: list[str] | None = None
+
+
+class PrefixSettings(StrictModel):
+    """The settings of the `ptuning_v2` method (peft `PrefixTuningConfig`), with the defaults it trains with."""
+
+    num_virtual_tokens: int = Field(
+        default=128, ge=1, description="trained key/value prefix length per layer"
+    )
+    prefix_projection: bool = Field(default=False, description="reparameterise the prefix through an MLP")
+    encoder_hidden_size: int | None = Field(
+        default=None, ge=1, description="that MLP's width (None: hidden size)"
+    )
+
+
+# The peft_type of the official configs -> the settings its keys belong to.
+PEFT_TYPE_SETTINGS: dict[str, type[StrictModel]] = {"LORA": LoraSettings, "PREFIX_TUNING": PrefixSettings}
+
+
+class PeftConfig(LoraSettings, PrefixSettings):
+    """`peft_config`: the official PEFT section; `peft_type` LORA takes the LoRA settings, PREFIX_TUNING the
+    prefix settings (keys of the other kind are an error). Defaults are what the methods train with."""
 
     peft_type: Literal["LORA", "PREFIX_TUNING"]
     task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
-    # LoRA
-    r: int | None = Field(default=None, ge=1)
-    lora_alpha: float | None = Field(default=None, gt=0)
-    lora_dropout: float | None = Field(default=None, ge=0, lt=1)
-    target_modules: list[str] | str | None = None
-    bias: Literal["none", "all", "lora_only"] | None = None
-    modules_to_save: list[str] | None = None
-    # Prefix tuning (P-Tuning v2)
-    num_virtual_tokens: int | None = Field(default=None, ge=1)
-    prefix_projection: bool | None = None
-    encoder_hidden_size: int | None = Field(default=None, ge=1)
+
+    def settings(self) -> StrictModel:
+        """The typed settings of this section's method (LoraSettings or PrefixSettings)."""
+        model = PEFT_TYPE_SETTINGS[self.peft_type]
+        return model.model_validate({name: getattr(self, name) for name in model.model_fields})
 
     @field_validator("peft_type", mode="before")
     @classmethod
@@ -154,15 +180,8 @@ class PeftConfig(StrictModel):
     @model_validator(mode="after")
     def keys_fit_the_type(self) -> "PeftConfig":
         """A LoRA key under PREFIX_TUNING (or the reverse) is a mistake, not something to ignore."""
-        own = {
-            "LORA": {"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "modules_to_save"},
-            "PREFIX_TUNING": {"num_virtual_tokens", "prefix_projection", "encoder_hidden_size"},
-        }
-        foreign = sorted(
-            key
-            for key in self.model_fields_set - {"peft_type", "task_type"}
-            if key not in own[self.peft_type]
-        )
+        own = set(PEFT_TYPE_SETTINGS[self.peft_type].model_fields)
+        foreign = sorted(key for key in self.model_fields_set - {"peft_type", "task_type"} if key not in own)
         if foreign:
             raise ValueError(f"{', '.join(foreign)} do not apply to peft_type {self.peft_type}")
         return self
@@ -219,6 +238,36 @@ class PerformanceConfig(StrictModel):
     )
 
 
+# Preference objectives (`method: dpo | kto`) and the tuning methods they can run on.
+PREFERENCE_METHODS = ("dpo", "kto")
+PREFERENCE_TUNINGS = ("lora", "qlora", "full")
+
+
+class PreferenceConfig(StrictModel):
+    """`preference`: settings of `method: dpo` or `kto` (TRL's DPOConfig / KTOConfig names and defaults)."""
+
+    tuning: Literal["lora", "qlora", "full"] | None = Field(
+        default=None,
+        description="which weights train: None: lora with peft_config (or an adapter MODEL_DIR), full without",
+    )
+    beta: float = Field(
+        default=0.1, gt=0, description="how far the policy may move from the reference (higher: less far)"
+    )
+    loss_type: Literal[
+        "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero"
+    ] = Field(default="sigmoid", description="DPO loss (sigmoid: the DPO paper's); KTO ignores it")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="DPO label noise (robust/cDPO)")
+    desirable_weight: float = Field(default=1.0, gt=0, description="KTO weight of desirable answers")
+    undesirable_weight: float = Field(default=1.0, gt=0, description="KTO weight of undesirable answers")
+    precompute_ref_log_probs: bool = Field(
+        default=False,
+        description="compute the reference log-probabilities once before training (no reference pass per step)",
+    )
+    max_eval_pairs: int | None = Field(
+        default=200, ge=1, description="dev pairs scored for held-out preference accuracy before and after"
+    )
+
+
 class TrainConfig(StrictModel):
     """A whole fine-tuning run: the official keys plus wenzhen's own (method, packing, truncation)."""
 
@@ -227,9 +276,12 @@ class TrainConfig(StrictModel):
     max_output_length: int = Field(ge=1)
     training_args: TrainingArgs = Field(default_factory=TrainingArgs)
     peft_config: PeftConfig | None = None
-    method: Literal["lora", "qlora", "ptuning_v2", "prefix", "full"] | None = Field(
-        default=None, description="None: from peft_config.peft_type (none: full fine-tuning)"
+    method: Literal["lora", "qlora", "ptuning_v2", "prefix", "full", "dpo", "kto"] | None = Field(
+        default=None,
+        description="None: from peft_config.peft_type (none: full fine-tuning); dpo or kto: preference "
+        "alignment on pairs (settings under preference)",
     )
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     packing: bool = Field(default=True, description="padding-free packed training batches")
     truncation: Literal["keep_eos", "official"] = Field(
         default="keep_eos", description="keep_eos: a cut sample still ends with eos; official: plain cut"
@@ -243,8 +295,17 @@ class TrainConfig(StrictModel):
         return self.max_input_length + self.max_output_length + 1
 
     @property
+    def objective(self) -> str:
+        """What training optimises: `sft` (next-token loss on answers), `dpo` or `kto`."""
+        return self.method if self.method in PREFERENCE_METHODS else "sft"
+
+    @property
     def method_name(self) -> str:
-        """The tuning method: explicit `method`, else what `peft_config` implies."""
+        """The tuning method (which weights train): explicit `method`, else what `peft_config` implies."""
+        if self.method in PREFERENCE_METHODS:
+            if self.preference.tuning is not None:
+                return self.preference.tuning
+            return "lora" if self.peft_config is not None else "full"
         if self.method is not None:
             return "ptuning_v2" if self.method == "prefix" else self.method
         if self.peft_config is None:
@@ -260,6 +321,15 @@ class TrainConfig(StrictModel):
             raise ValueError(f"method {self.method} needs peft_config.peft_type {wanted}")
         if self.method == "full" and self.peft_config is not None:
             raise ValueError("method full trains every weight; remove peft_config")
+        if self.objective != "sft":
+            if self.peft_config is not None and self.peft_config.peft_type != "LORA":
+                raise ValueError(f"method {self.method} trains LoRA or full weights; use peft_type LORA")
+            if self.preference.tuning == "full" and self.peft_config is not None:
+                raise ValueError("preference.tuning full trains every weight; remove peft_config")
+        elif "preference" in self.model_fields_set:
+            raise ValueError(
+                "preference settings apply to method dpo or kto; set method or remove preference"
+            )
         return self
 
 

@@ -12,15 +12,17 @@ import importlib.util
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
+from wenzhen.config import StrictModel
 from wenzhen.errors import WenzhenError
 from wenzhen.models import LoadedModel, load_model
 from wenzhen.models.family import ModelFamily
 from wenzhen.registry import Registry
-from wenzhen.train.config import PeftConfig, TrainConfig
+from wenzhen.train.config import LoraSettings, PrefixSettings, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,10 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 
 class TuningMethod(ABC):
-    """One way of fine-tuning."""
+    """One way of fine-tuning; `settings` is the typed section of its keys (None: it has none)."""
 
     name: str = ""
+    settings: type[StrictModel] | None = None
     trains_adapter: bool = True
     supports_packing: bool = True
     supports_gradient_checkpointing: bool = True
@@ -64,9 +67,17 @@ class TuningMethod(ABC):
 METHODS: Registry[TuningMethod] = Registry("tuning method")
 
 
-def lora_targets(peft: PeftConfig | None, family: ModelFamily) -> list[str] | str:
+def method_settings(method: TuningMethod, config: TrainConfig) -> Any:
+    """The method's typed settings: from `peft_config` when the config has one, else the method's defaults."""
+    if method.settings is None:
+        raise WenzhenError(f"method {method.name} has no settings")
+    values = config.peft_config.settings().model_dump() if config.peft_config is not None else {}
+    return method.settings.model_validate(values)
+
+
+def lora_targets(settings: LoraSettings, family: ModelFamily) -> list[str] | str:
     """The configured target modules, with the official fused name translated to the family's projections."""
-    configured = peft.target_modules if peft is not None else None
+    configured = settings.target_modules
     if configured is None:
         return list(family.default_lora_targets)
     if isinstance(configured, str):
@@ -82,23 +93,24 @@ def lora_targets(peft: PeftConfig | None, family: ModelFamily) -> list[str] | st
 
 
 class LoraMethod(TuningMethod):
-    """LoRA adapters; defaults r=8, alpha=32, dropout=0.1 when the config leaves them out."""
+    """LoRA adapters with the LoRA settings (`peft_config`, defaults in LoraSettings)."""
 
     name = "lora"
+    settings = LoraSettings
 
     def prepare(self, model: PreTrainedModel, config: TrainConfig, family: ModelFamily) -> torch.nn.Module:
         """peft LoRA on the family's attention projections (or the configured targets)."""
         from peft import LoraConfig, get_peft_model
 
-        peft = config.peft_config
+        settings: LoraSettings = method_settings(self, config)
         lora = LoraConfig(
             task_type="CAUSAL_LM",
-            r=(peft.r if peft and peft.r else 8),
-            lora_alpha=(peft.lora_alpha if peft and peft.lora_alpha else 32),
-            lora_dropout=(peft.lora_dropout if peft and peft.lora_dropout is not None else 0.1),
-            target_modules=lora_targets(peft, family),
-            bias=(peft.bias if peft and peft.bias else "none"),
-            modules_to_save=peft.modules_to_save if peft else None,
+            r=settings.r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=lora_targets(settings, family),
+            bias=settings.bias,
+            modules_to_save=settings.modules_to_save,
         )
         try:
             return get_peft_model(model, lora)
@@ -110,9 +122,10 @@ class LoraMethod(TuningMethod):
 
 
 class PrefixTuningMethod(TuningMethod):
-    """P-Tuning v2 as peft prefix tuning; 128 virtual tokens unless configured."""
+    """P-Tuning v2 as peft prefix tuning, with the prefix settings (`peft_config`, defaults in PrefixSettings)."""
 
     name = "ptuning_v2"
+    settings = PrefixSettings
     supports_packing = False
     # peft feeds the prefixes through the KV cache, which activation checkpointing cannot recompute.
     supports_gradient_checkpointing = False
@@ -121,12 +134,12 @@ class PrefixTuningMethod(TuningMethod):
         """peft PREFIX_TUNING with the configured number of virtual tokens."""
         from peft import PrefixTuningConfig, get_peft_model
 
-        peft = config.peft_config
+        settings: PrefixSettings = method_settings(self, config)
         prefix = PrefixTuningConfig(
             task_type="CAUSAL_LM",
-            num_virtual_tokens=(peft.num_virtual_tokens if peft and peft.num_virtual_tokens else 128),
-            prefix_projection=bool(peft.prefix_projection) if peft else False,
-            encoder_hidden_size=(peft.encoder_hidden_size if peft else None),
+            num_virtual_tokens=settings.num_virtual_tokens,
+            prefix_projection=settings.prefix_projection,
+            encoder_hidden_size=settings.encoder_hidden_size,
         )
         return get_peft_model(model, prefix)
 

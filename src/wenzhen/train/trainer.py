@@ -482,6 +482,14 @@ def train(
             "notice: AUTO_RESUME yes but %s has no checkpoint yet; starting from the beginning", output_dir
         )
 
+    if config.objective != "sft":
+        from wenzhen.train.preference import train_preference
+
+        summary = train_preference(
+            data_dir, model_dir, config, resume_from, config_dir=config_dir, callbacks=callbacks
+        )
+        return TrainResult(output_dir=output_dir, final_dir=Path(summary["final_dir"]), summary=summary)
+
     loaded = method.load(model_dir, device, config)
     train_samples, dev_samples, reports = encode_splits(data_dir, config, loaded)
     packed = config.packing and method.supports_packing
