@@ -5,8 +5,8 @@
 `CATEGORIES`); see `guard.py` for the design.
 """
 
+from wenzhen.safety.categories import CATEGORIES, RedFlagCategory
 from wenzhen.safety.guard import (
-    CATEGORIES,
     DISCLAIMER,
     EMERGENCY_FOOTER,
     EMERGENCY_HEADER,
@@ -14,16 +14,15 @@ from wenzhen.safety.guard import (
     ExtraRule,
     Guard,
     GuardVerdict,
-    RedFlagCategory,
     SafetyConfig,
     answer_prefix,
     answer_suffix,
     apply,
     check,
     get_guard,
-    normalise,
     with_system_prompt,
 )
+from wenzhen.safety.normalise import normalise
 
 __all__ = [
     "CATEGORIES",

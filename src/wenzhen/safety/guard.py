@@ -29,29 +29,9 @@ from pydantic import Field, field_validator
 
 from wenzhen.config import StrictModel
 from wenzhen.safety import speech
-from wenzhen.safety.categories import CATEGORIES, CLAUSE_END, RedFlagCategory
+from wenzhen.safety.categories import CATEGORIES, CLAUSE_END
 from wenzhen.safety.classifier import MIN_SCORED_CHARS, NgramClassifier, load_shipped
 from wenzhen.safety.normalise import measurement_facts, normalise
-
-__all__ = [
-    "CATEGORIES",
-    "DISCLAIMER",
-    "EMERGENCY_FOOTER",
-    "EMERGENCY_HEADER",
-    "SYSTEM_PROMPT",
-    "ExtraRule",
-    "Guard",
-    "GuardVerdict",
-    "RedFlagCategory",
-    "SafetyConfig",
-    "answer_prefix",
-    "answer_suffix",
-    "apply",
-    "check",
-    "get_guard",
-    "normalise",
-    "with_system_prompt",
-]
 
 DISCLAIMER = (
     "本回答由AI生成，仅供健康科普参考，不构成医学诊断或治疗方案；用药请遵医嘱或咨询药师，如有不适请及时就医。"

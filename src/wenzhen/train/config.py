@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from wenzhen.config import StrictModel, load_yaml_config, validate_config
 from wenzhen.errors import ConfigError
@@ -177,6 +177,12 @@ class PeftConfig(LoraSettings, PrefixSettings):
         """peft accepts `lora` as well as `LORA`; so do we."""
         return value.upper() if isinstance(value, str) else value
 
+    @model_serializer(mode="wrap")
+    def own_keys_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump only this type's keys, so a resolved config (run.json, a demo config) loads back unchanged."""
+        own = set(PEFT_TYPE_SETTINGS[self.peft_type].model_fields) | {"peft_type", "task_type"}
+        return {key: value for key, value in handler(self).items() if key in own}
+
     @model_validator(mode="after")
     def keys_fit_the_type(self) -> "PeftConfig":
         """A LoRA key under PREFIX_TUNING (or the reverse) is a mistake, not something to ignore."""
@@ -326,7 +332,9 @@ class TrainConfig(StrictModel):
                 raise ValueError(f"method {self.method} trains LoRA or full weights; use peft_type LORA")
             if self.preference.tuning == "full" and self.peft_config is not None:
                 raise ValueError("preference.tuning full trains every weight; remove peft_config")
-        elif "preference" in self.model_fields_set:
+        elif "preference" in self.model_fields_set and self.preference != PreferenceConfig():
+            # Defaults are what a dumped config (run.json, a resolved demo config) carries back: only real settings
+            # for an SFT run are a mistake.
             raise ValueError(
                 "preference settings apply to method dpo or kto; set method or remove preference"
             )
