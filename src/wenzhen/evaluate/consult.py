@@ -30,6 +30,7 @@ from wenzhen.evaluate.endpoint import (
     default_cache_dir,
     run_parallel,
 )
+from wenzhen.evaluate.generation import greedy_settings
 from wenzhen.evaluate.judge import CriterionScore, JudgeSettings, judge_counts, judge_notes, judgment_row
 from wenzhen.evaluate.loading import ModelOptions, adapter_path, describe_device, open_engine, run_label
 from wenzhen.evaluate.report import (
@@ -56,10 +57,6 @@ DOCTOR_SYSTEM = "你是一位经验丰富的医生，正在接诊。请先通过
 PATIENT_OPENING = "（你走进诊室，医生问：你好，哪里不舒服？）"
 
 
-def _doctor_generation() -> GenerationSettings:
-    return GenerationSettings(max_new_tokens=256, temperature=0.0)
-
-
 class ConsultConfig(StrictModel):
     """Options of `wenzhen eval consult`."""
 
@@ -71,7 +68,7 @@ class ConsultConfig(StrictModel):
     max_turns: int = Field(4, ge=1, le=20, description="most doctor turns per consultation")
     batch_size: int = Field(8, ge=1, description="consultations the doctor answers together")
     generation: GenerationSettings = Field(
-        default_factory=_doctor_generation, description="the doctor's decoding"
+        default_factory=greedy_settings, description="the doctor's decoding"
     )
     doctor_system: str | None = Field(DOCTOR_SYSTEM, description="system prompt of the doctor; null = none")
     patient: EndpointConfig = Field(description="the simulated patient's OpenAI-compatible endpoint")

@@ -40,7 +40,8 @@ from wenzhen.io import write_jsonl
 PREDICTIONS = "predictions.jsonl"
 
 
-def _greedy() -> GenerationSettings:
+def greedy_settings() -> GenerationSettings:
+    """The evals' default decoding: greedy, up to 256 new tokens (answers comparable run to run)."""
     return GenerationSettings(max_new_tokens=256, temperature=0.0)
 
 
@@ -54,7 +55,9 @@ class GenEvalConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="evaluate a random subset of this many samples")
     seed: int = Field(0, description="seed of the random subset")
     batch_size: int = Field(8, ge=1, description="conversations generated together (left-padded)")
-    generation: GenerationSettings = Field(default_factory=_greedy, description="decoding; greedy by default")
+    generation: GenerationSettings = Field(
+        default_factory=greedy_settings, description="decoding; greedy by default"
+    )
     metrics: list[str] | None = Field(None, description="metric names (default: all registered)")
 
 

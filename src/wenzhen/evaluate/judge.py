@@ -41,7 +41,7 @@ from wenzhen.evaluate.endpoint import (
     default_cache_dir,
     run_parallel,
 )
-from wenzhen.evaluate.generation import generate_answers
+from wenzhen.evaluate.generation import generate_answers, greedy_settings
 from wenzhen.evaluate.loading import ModelOptions, adapter_path, describe_device, open_engine, run_label
 from wenzhen.evaluate.report import (
     DataInfo,
@@ -64,10 +64,6 @@ ANSWERS = "answers.jsonl"
 CHART = "judge.png"
 AGREEMENT_RESOURCE = "judge/agreement.jsonl"
 WILSON_Z = 1.959964  # two-sided 95%
-
-
-def _greedy() -> GenerationSettings:
-    return GenerationSettings(max_new_tokens=256, temperature=0.0)
 
 
 class JudgeSettings(StrictModel):
@@ -109,7 +105,9 @@ class JudgeEvalConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="judge a random subset of this many questions")
     seed: int = Field(0, description="seed of the random subset")
     batch_size: int = Field(8, ge=1, description="questions answered together (left-padded)")
-    generation: GenerationSettings = Field(default_factory=_greedy, description="decoding; greedy by default")
+    generation: GenerationSettings = Field(
+        default_factory=greedy_settings, description="decoding; greedy by default"
+    )
     judge: JudgeSettings
 
 
