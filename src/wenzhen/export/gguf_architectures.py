@@ -26,6 +26,18 @@ from wenzhen.registry import Registry
 Tensors = Iterator[tuple[str, torch.Tensor]]
 
 
+def write_shape(writer: gguf.GGUFWriter, config: PretrainedConfig, head_dim: int) -> None:
+    """The decoder-shape keys every architecture here writes the same way (context, widths, layers, heads)."""
+    writer.add_context_length(int(config.max_position_embeddings))
+    writer.add_embedding_length(int(config.hidden_size))
+    writer.add_feed_forward_length(int(config.intermediate_size))
+    writer.add_block_count(int(config.num_hidden_layers))
+    writer.add_head_count(int(config.num_attention_heads))
+    writer.add_head_count_kv(int(config.num_key_value_heads))
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+
+
 class GGUFArchitecture(ABC):
     """One llama.cpp architecture."""
 
@@ -142,14 +154,7 @@ class LlamaArchitecture(GGUFArchitecture):
         """The keys llama.cpp's converter writes for LlamaForCausalLM."""
         head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
         rope = dict(getattr(config, "rope_parameters", None) or {})
-        writer.add_context_length(int(config.max_position_embeddings))
-        writer.add_embedding_length(int(config.hidden_size))
-        writer.add_feed_forward_length(int(config.intermediate_size))
-        writer.add_block_count(int(config.num_hidden_layers))
-        writer.add_head_count(int(config.num_attention_heads))
-        writer.add_head_count_kv(int(config.num_key_value_heads))
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+        write_shape(writer, config, head_dim)
         writer.add_rope_dimension_count(head_dim)
         writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
         writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
@@ -318,14 +323,7 @@ class ChatGLMArchitecture(GGUFArchitecture):
         """The keys llama.cpp's converter writes for ChatGLMModel."""
         head_dim = int(config.head_dim)
         rope = dict(config.rope_parameters or {})
-        writer.add_context_length(int(config.max_position_embeddings))
-        writer.add_embedding_length(int(config.hidden_size))
-        writer.add_feed_forward_length(int(config.intermediate_size))
-        writer.add_block_count(int(config.num_hidden_layers))
-        writer.add_head_count(int(config.num_attention_heads))
-        writer.add_head_count_kv(int(config.num_key_value_heads))
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+        write_shape(writer, config, head_dim)
         writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
         writer.add_rope_dimension_count(int(head_dim * float(rope.get("partial_rotary_factor", 0.5))))
         writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
