@@ -746,8 +746,9 @@ def eval_gen_step(paths: Paths, args: argparse.Namespace, budget: Budget, gpus: 
     cmd += ["--data", str(paths.data / "test.jsonl"), "--limit", str(args.limit), "--max-new-tokens", "128"]
     cmd += ["--out", str(out), "--force", *character_metrics(), *plain_generate()]
     row = run_step("eval gen", cmd, paths.logs, budget.start("eval-gen"))
-    if row.ok and row.wall_s:
-        row.throughput = f"{args.limit} answers of <= 128 tokens in {row.wall_s} s (process, load included)"
+    seconds = read_json(out / "report.json").get("elapsed_s")
+    if row.ok and seconds:
+        row.throughput = f"{args.limit} answers of <= 128 tokens in {seconds} s of generation and scoring"
         row.note = "transformers' generate (--static-cache off)" if plain_generate() else ""
         if character_metrics():
             row.add_note("jieba absent: character-level metrics only")
@@ -763,8 +764,11 @@ def eval_exam_step(paths: Paths, args: argparse.Namespace, budget: Budget, gpus:
     cmd += ["--limit-per-subject", str(args.limit), "--out", str(paths.runs / "eval-exam"), "--force"]
     row = run_step("eval exam", cmd, paths.logs, budget.start("eval-exam"))
     report = read_json(paths.runs / "eval-exam" / "report.json")
-    if row.ok and report:
-        row.extra["report_keys"] = sorted(report)[:12]
+    questions, seconds = (report.get("data") or {}).get("n_evaluated"), report.get("elapsed_s")
+    if row.ok and questions and seconds:
+        row.throughput = (
+            f"{questions} questions (0-shot) in {seconds} s of scoring, {questions / seconds:.1f}/s"
+        )
     return row
 
 
