@@ -55,24 +55,25 @@ CAPPED = (
     "from wenzhen.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 QLORA_CAP_GIB = 16
-# Planned seconds of each step at a 600 s budget on one H200 (from the runs in gpu_workflow_runs/ and
-# train_targets-nvidia-h200.md: loading the 6B takes seconds, the first compiled training step most of a minute or
-# more). Only the ratios matter: the shares are scaled to --budget over the steps selected.
+# Planned seconds of each step on one H200 (from gpu_workflow_runs/ and train_targets-nvidia-h200.md: loading the
+# 6B takes seconds; LoRA's first compiled step took 64-204 s there, the api's warm-up 165 s; the web share is small
+# because GPU hosts rarely have Chromium, and as the last step it gets whatever is left). Only the ratios matter: the
+# shares are scaled to --budget over the steps selected.
 PLANNED_SECONDS = {
     "build": 25,
     "env": 8,
     "convert": 25,
     "data": 4,
-    "lora": 130,
+    "lora": 170,
     "qlora": 80,
     "qlora-compile": 80,
-    "ptuning": 35,
+    "ptuning": 30,
     "sft": 90,
-    "merge": 45,
-    "eval-gen": 30,
-    "eval-exam": 25,
-    "api": 130,
-    "web": 20,
+    "merge": 40,
+    "eval-gen": 25,
+    "eval-exam": 20,
+    "api": 110,
+    "web": 5,
 }
 # Run only when --only names them: QLoRA with its layers compiled, to measure whether torch.compile works with
 # bitsandbytes' 4-bit layers and what it gains (the planner leaves them uncompiled).
