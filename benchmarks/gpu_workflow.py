@@ -66,7 +66,7 @@ PLANNED_SECONDS = {
     "data": 4,
     "lora": 170,
     "qlora": 80,
-    "qlora-compile": 80,
+    "qlora-eager": 80,
     "ptuning": 30,
     "sft": 90,
     "merge": 40,
@@ -75,9 +75,9 @@ PLANNED_SECONDS = {
     "api": 110,
     "web": 5,
 }
-# Run only when --only names them: QLoRA with its layers compiled, to measure whether torch.compile works with
-# bitsandbytes' 4-bit layers and what it gains (the planner leaves them uncompiled).
-OPTIONAL = {"qlora-compile"}
+# Run only when --only names them: QLoRA with its layers left uncompiled, to measure what torch.compile gains (or
+# costs) with bitsandbytes' 4-bit layers beside the planner's choice.
+OPTIONAL = {"qlora-eager"}
 PROMPT = "我最近三天一直咳嗽，晚上更厉害，有点低烧，需要去医院吗？"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -675,8 +675,8 @@ def train_step(
         launcher = [sys.executable, "-c", CAPPED, str(QLORA_CAP_GIB)] if qlora else WENZHEN
         cmd = [*launcher, "train", str(paths.data), str(base_model(paths)), str(ROOT / "configs" / config)]
         method = ["--method", "qlora"] if qlora else []
-        if name == "qlora-compile":
-            method += ["--set", "performance.compile=true"]
+        if name == "qlora-eager":
+            method += ["--set", "performance.compile=false"]
         cmd += [*method, "--output-dir", str(run_dir), *train_args(args.steps)]
         row = run_step(label, cmd, paths.logs, budget.start(name))
         rate = training_figures(row, run_dir)
@@ -794,8 +794,8 @@ STEPS: dict[str, StepFunction] = {
     "data": data_step,
     "lora": train_step("lora", "train lora", "lora.yaml", LORA_TARGET),
     "qlora": train_step("qlora", f"train qlora ({QLORA_CAP_GIB} GiB cap)", "lora.yaml", QLORA_TARGET),
-    "qlora-compile": train_step(
-        "qlora-compile", f"train qlora, layers compiled ({QLORA_CAP_GIB} GiB cap)", "lora.yaml", QLORA_TARGET
+    "qlora-eager": train_step(
+        "qlora-eager", f"train qlora, uncompiled ({QLORA_CAP_GIB} GiB cap)", "lora.yaml", QLORA_TARGET
     ),
     "ptuning": train_step("ptuning", "train ptuning_v2", "ptuning_v2.yaml", None),
     "sft": train_step("sft", "train full sft (all GPUs)", "sft.yaml", None),
