@@ -142,18 +142,17 @@ def gpu_memory_used_mib() -> list[int]:
     return [int(line) for line in out.stdout.split()] if out.returncode == 0 else []
 
 
-def card_name() -> str:
-    """The first GPU's name as nvidia-smi reports it, or `cpu`."""
+def gpu_names() -> list[str]:
+    """Each GPU's name as nvidia-smi reports it (this process itself stays off the GPU)."""
     if shutil.which("nvidia-smi") is None:
-        return "cpu"
+        return []
     out = subprocess.run(
         ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
         capture_output=True,
         text=True,
         check=False,
     )
-    names = out.stdout.strip().splitlines()
-    return names[0].strip() if out.returncode == 0 and names else "cpu"
+    return [name.strip() for name in out.stdout.strip().splitlines()] if out.returncode == 0 else []
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -488,12 +487,12 @@ def web_step(merged: Path, log_dir: Path, work: Path, timeout: float) -> Row:
 
 
 def machine() -> dict[str, Any]:
-    """The host this ran on."""
-    import torch
+    """The host this ran on (read without importing torch: this process stays light and off the GPU)."""
+    from importlib.metadata import version
 
     return {
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "torch": torch.__version__,
+        "gpus": gpu_names(),
+        "torch": version("torch"),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "bitsandbytes": importlib.util.find_spec("bitsandbytes") is not None,
@@ -589,7 +588,7 @@ def main() -> None:
     )
     paths.logs.mkdir(parents=True, exist_ok=True)
     meta = machine() | {
-        "card": card_name(),
+        "card": (gpu_names() or ["cpu"])[0],
         "args": f"--budget {args.budget:.0f} --steps {args.steps} --limit {args.limit} --clients {args.clients}"
         + (f" --only {args.only}" if only else ""),
         "model": str(args.model)
