@@ -146,12 +146,12 @@ EMBEDDINGS = (
 
 
 def qlora_gpu(total_gib: float) -> Hardware:
-    """ChatGLM3-6B with 4-bit linear weights (half a byte each) and fp32 embeddings."""
+    """ChatGLM3-6B with 4-bit linear weights (half a byte each) and fp32 embeddings, as measure_hardware sees it."""
     linear = MEASURED["parameters"] - EMBEDDINGS
     return Hardware(
         usable_gib=total_gib * 0.9 - 1.0,
         static_gib=(linear / 2 + EMBEDDINGS * 4) / 2**30,
-        can_compile=True,
+        can_compile=False,
         four_bit=True,
         **CHATGLM3_6B,
     )
@@ -166,13 +166,21 @@ def test_a_4bit_base_counts_more_activation_memory_per_token():
     )
 
 
-def test_qlora_on_a_16_gib_card_gets_checkpointed_rows_within_the_cap():
+def test_the_4bit_memory_model_reproduces_the_measured_qlora_peak():
+    # H200 capped at 16 GiB, shipped lora.yaml with --method qlora: 4 checkpointed rows of 4096, uncompiled.
+    assert estimate_peak_gib(qlora_gpu(16), 4096, True, False) == pytest.approx(9.74, abs=0.5)
+
+
+def test_qlora_on_a_16_gib_card_gets_uncompiled_checkpointed_rows_within_the_cap():
     config = shipped_lora()
     _, plan = plan_performance(config, qlora_gpu(16), [300] * 100, 1, packed=True, allow_checkpointing=True)
-    assert plan.gradient_checkpointing and plan.compile and "4-bit base" in plan.reason
+    assert plan.gradient_checkpointing and not plan.compile and "4-bit base" in plan.reason
     assert plan.row_tokens is not None and plan.row_tokens >= 2048
     assert plan.estimated_peak_gib is not None and plan.estimated_peak_gib <= qlora_gpu(16).usable_gib
-    assert plan.row_tokens * plan.gradient_accumulation_steps == config.performance.step_tokens
+    step = plan.row_tokens * plan.gradient_accumulation_steps
+    assert (
+        0 <= step - config.performance.step_tokens < 64 * plan.gradient_accumulation_steps
+    )  # rows round up to 64
 
 
 def test_four_bit_weights_are_found_in_a_quantized_model(tiny_glm, tmp_path):
