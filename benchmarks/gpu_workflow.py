@@ -56,23 +56,23 @@ CAPPED = (
 )
 QLORA_CAP_GIB = 16
 # Planned seconds of each step on one H200 (from gpu_workflow_runs/ and train_targets-nvidia-h200.md: loading the
-# 6B takes seconds; LoRA's first compiled step took 64-204 s there, the api's warm-up 165 s; the web share is small
-# because GPU hosts rarely have Chromium, and as the last step it gets whatever is left). Only the ratios matter: the
-# shares are scaled to --budget over the steps selected.
+# 6B takes seconds, QLoRA took 79 s in all; LoRA's first compiled step 64-204 s, the api's warm-up 165 s; the web
+# share is small because GPU hosts rarely have Chromium, and as the last step it gets whatever is left). Only the
+# ratios matter: the shares are scaled to --budget over the steps selected.
 PLANNED_SECONDS = {
     "build": 25,
     "env": 8,
-    "convert": 25,
+    "convert": 30,
     "data": 4,
-    "lora": 170,
+    "lora": 200,
     "qlora": 80,
     "qlora-compile": 80,
-    "ptuning": 30,
+    "ptuning": 25,
     "sft": 90,
-    "merge": 40,
-    "eval-gen": 25,
-    "eval-exam": 20,
-    "api": 110,
+    "merge": 38,
+    "eval-gen": 20,
+    "eval-exam": 15,
+    "api": 100,
     "web": 5,
 }
 # Run only when --only names them: QLoRA with its layers compiled, which the planner does not do for a 4-bit base
@@ -261,14 +261,14 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def training_figures(row: Row, run_dir: Path) -> float | None:
+def training_figures(row: Row, run_dir: Path, logs: Path) -> float | None:
     """Fill a training row from the run's summary.json and run.json; returns the steady tokens/s."""
     summary = read_json(run_dir / "summary.json")
     run = read_json(run_dir / "run.json")
     plan = run.get("performance_plan") or (run.get("extra") or {}).get("performance_plan") or {}
     rate = summary.get("steady_tokens_per_second")
     overall = summary.get("tokens_per_second")
-    if not summary and (seen := bar_rate(log_path(row_logs(run_dir), row.step))):
+    if not summary and (seen := bar_rate(log_path(logs, row.step))):
         rate, steps = seen
         row.throughput = f"{rate:,.0f} tok/s steady (progress bar at step {steps}; the run did not finish)"
     elif rate:
@@ -295,11 +295,6 @@ def training_figures(row: Row, run_dir: Path) -> float | None:
     if "peak_reserved_gib" in row.extra:
         row.add_note(f"{row.extra['peak_reserved_gib']} GiB reserved (allocator cache included)")
     return float(rate) if rate else None
-
-
-def row_logs(run_dir: Path) -> Path:
-    """The logs folder beside the runs folder (WORK/logs for WORK/runs/NAME)."""
-    return run_dir.parent.parent / "logs"
 
 
 def bar_rate(log: Path) -> tuple[float, int] | None:
@@ -570,6 +565,7 @@ def main() -> None:
         "--model", type=Path, help="an official-layout checkpoint to use instead of the random 6B"
     )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--logs", type=Path, help="each step's output (default WORK/logs)")
     args = parser.parse_args()
     only = [s for s in args.only.split(",") if s]
     unknown = sorted(set(only) - set(PLANNED_SECONDS))
@@ -586,7 +582,7 @@ def main() -> None:
         data=work / "data",
         runs=work / "runs",
         merged=work / "merged",
-        logs=work / "logs",
+        logs=args.logs or work / "logs",
     )
     paths.logs.mkdir(parents=True, exist_ok=True)
     meta = machine() | {
@@ -680,7 +676,7 @@ def train_step(
             method += ["--set", "performance.compile=true"]
         cmd += [*method, "--output-dir", str(run_dir), *train_args(args.steps)]
         row = run_step(label, cmd, paths.logs, budget.start(name))
-        rate = training_figures(row, run_dir)
+        rate = training_figures(row, run_dir, paths.logs)
         if target is not None and rate is not None and row.ok:
             row.target, check = target
             row.met = check(row, rate)
