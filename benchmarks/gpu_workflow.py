@@ -497,10 +497,25 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(rows: list[Row], results: Path, meta: dict[str, Any]) -> None:
-    """RESULTS/gpu_workflow-<card>.{json,md} (rewritten after every step)."""
+def readable_tail(log: Path, characters: int = 4000) -> str:
+    """A log's end with progress-bar redraws collapsed to their last state (what a reader needs of it)."""
+    text = log.read_text(errors="replace")
+    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    kept = "\n".join(
+        line for line in lines if line.strip() and "Warning" not in line and "warnings.warn" not in line
+    )
+    return kept[-characters:]
+
+
+def write_results(rows: list[Row], results: Path, meta: dict[str, Any], logs: Path) -> None:
+    """RESULTS/gpu_workflow-<card>.{json,md} and -logs.txt (each step log's end): three files, rewritten after every
+    step (a GPU host returns few files)."""
     results.mkdir(parents=True, exist_ok=True)
     stem = "gpu_workflow-" + re.sub(r"[^a-z0-9]+", "-", meta["card"].lower()).strip("-")
+    tails = [
+        f"==== {log.name}\n{readable_tail(log)}\n" for log in sorted(logs.glob("*.log"), key=os.path.getmtime)
+    ]
+    (results / f"{stem}-logs.txt").write_text("\n".join(tails))
     payload = {"machine": meta, "rows": [asdict(r) for r in rows]}
     (results / f"{stem}.json").write_text(json.dumps(payload, ensure_ascii=False, indent=2))
     gpus = ", ".join(meta["gpus"]) or "no GPU"
@@ -597,7 +612,7 @@ def main() -> None:
 
     def record(row: Row) -> Row:
         rows.append(row)
-        write_results(rows, args.results, meta)
+        write_results(rows, args.results, meta, paths.logs)
         print(f"[workflow] {row.step}: {row.wall_s} s {row.throughput} {row.note}", flush=True)
         return row
 
