@@ -207,7 +207,13 @@ def expandable_segments() -> None:
         getattr(torch._C, "_accelerator_setAllocatorSettings", None)
         or torch.cuda.memory._set_allocator_settings
     )
-    setter("expandable_segments:True")
+    try:
+        setter("expandable_segments:True")
+    except (RuntimeError, ValueError) as exc:  # a torch build without them: train with fixed segments
+        log.warning(
+            "notice: expandable CUDA allocator segments unavailable (%s); the cache may fragment", exc
+        )
+        return
     log.info("QLoRA: CUDA allocator segments are expandable (less fragmentation on small cards)")
 
 
