@@ -247,7 +247,25 @@ def run_step(step: str, args: list[str], log_dir: Path, timeout: float) -> Row:
     elif returncode != 0:
         row.note = "failed: " + last_line(log)
         print(log.read_text(errors="replace")[-3000:], flush=True)
+    note_loads(row, log)
     return row
+
+
+def weight_loads(log: Path) -> list[int]:
+    """Seconds of each model load in a step's log (transformers' finished "Loading weights" bars)."""
+    if not log.is_file():
+        return []
+    finished = [line.rsplit("\r", 1)[-1] for line in log.read_text(errors="replace").splitlines()]
+    bars = [re.search(r"Loading weights: 100%.*\[(\d+):(\d+)<", line) for line in finished]
+    return [int(m[1]) * 60 + int(m[2]) for m in bars if m]
+
+
+def note_loads(row: Row, log: Path) -> None:
+    """How often the step loaded a model and how long that took (the 12 GB checkpoint: worth minimising)."""
+    loads = weight_loads(log)
+    if loads:
+        row.extra["weight_loads_s"] = loads
+        row.add_note(f"{len(loads)} model load(s), {sum(loads)} s")
 
 
 def not_run(step: str, why: str) -> Row:
@@ -373,6 +391,7 @@ def server(step: str, args: list[str], log_dir: Path, row: Row) -> Iterator[subp
             stop_group(process)
             row.wall_s = round(time.perf_counter() - started, 1)
             row.peak_gpu_gib, row.peak_host_gib = sampler.stop()
+            note_loads(row, log)
 
 
 def warm_up_seconds(log: Path) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from gpu_workflow import PLANNED_SECONDS, Budget, bar_rate, run_step
+from gpu_workflow import PLANNED_SECONDS, Budget, bar_rate, run_step, weight_loads
 
 
 def test_a_step_may_use_what_earlier_steps_left_but_not_the_later_steps_share():
@@ -45,3 +45,12 @@ def test_the_steady_rate_is_read_from_the_bar_only_past_the_warm_up(tmp_path: Pa
     assert bar_rate(log) == (20794.0, 6)
     log.write_text("train:  36%|###| 4/11 [03:26<03:17, 28.28s/step, tok/s=239, loss=11.8]\r")
     assert bar_rate(log) is None
+
+
+def test_each_finished_weight_load_is_counted_once(tmp_path: Path):
+    log = tmp_path / "merge.log"
+    log.write_text(
+        "Loading weights:   0%|  | 0/311 [00:00<?, ?it/s]\rLoading weights: 100%|##| 311/311 [00:04<00:00, 69.42it/s]\n"
+        "merging\nLoading weights:  50%|#| 155/311 [00:30<00:30]\rLoading weights: 100%|##| 311/311 [01:02<00:00]\n"
+    )
+    assert weight_loads(log) == [4, 62]
