@@ -782,7 +782,8 @@ def eval_gen_step(paths: Paths, args: argparse.Namespace, budget: Budget, gpus: 
     seconds = read_json(out / "report.json").get("elapsed_s")
     if row.ok and seconds:
         row.throughput = f"{args.limit} answers of <= 128 tokens in {seconds} s of generation and scoring"
-        row.note = "transformers' generate (--static-cache off)" if plain_generate() else ""
+        if plain_generate():
+            row.add_note("transformers' generate (--static-cache off)")
         if character_metrics():
             row.add_note("jieba absent: character-level metrics only")
     return row
