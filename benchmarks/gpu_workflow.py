@@ -123,6 +123,10 @@ class Budget:
         later = sum(self.share[s] for s in self.pending)
         return max(5.0, self.deadline - time.monotonic() - later)
 
+    def left(self) -> float:
+        """Seconds until the budget is spent."""
+        return self.deadline - time.monotonic()
+
     def skip(self, step: str) -> None:
         """A step that will not run gives its share to the ones after it."""
         if step in self.pending:
@@ -212,7 +216,7 @@ def last_line(log: Path) -> str:
 
 def stop_group(process: subprocess.Popen) -> None:
     """End a step's process and everything it started (its own session), politely first."""
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
         if process.poll() is not None:
             return
         try:
@@ -638,6 +642,9 @@ def main() -> None:
     for step in wanted:
         if step not in selected:
             record(not_run("train full sft", f"configs/sft.yaml needs two GPUs, this host has {gpus}"))
+            continue
+        if budget.left() < 5:
+            record(not_run(step, f"the {args.budget:.0f} s budget was spent before it"))
             continue
         row = STEPS[step](paths, args, budget, gpus)
         budget.skip(step)  # a step that did not start hands its share on
