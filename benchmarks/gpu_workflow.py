@@ -431,9 +431,8 @@ def api_step(merged: Path, log_dir: Path, clients: int, timeout: float) -> Row:
             first = chat_once(url, "wenzhen-med", 128, max(5.0, deadline - time.monotonic()))
             row.met = first[0] < 2.0
             row.extra |= {"first_answer_s": round(first[0], 2), "first_answer_tokens": first[1]}
-            row.note = (
-                f"healthy after {healthy:.1f} s ({warm or 'no warm-up line'}); first answer {first[0]:.2f} s"
-            )
+            row.note = f"healthy after {healthy:.1f} s ({warm or 'no warm-up line'}); "
+            row.note += f"first answer {first[0]:.2f} s ({first[1]} tokens)"
             row.throughput = f"1 client {first[1] / first[0]:,.0f} tok/s"
             second = chat_once(url, "wenzhen-med", 128, max(5.0, deadline - time.monotonic()))
             row.extra["second_answer_s"] = round(second[0], 2)
