@@ -1,6 +1,7 @@
 """Generation metrics: hand-computed values, the official ChatGLM3 formula, empty texts, errors."""
 
 import math
+import sys
 
 import jieba
 import numpy as np
@@ -106,3 +107,21 @@ def test_every_metric_is_defined() -> None:
     definitions = metric_definitions()
     assert list(definitions) == METRICS.names()
     assert all(len(text) > 40 for text in definitions.values())
+
+
+def test_without_jieba_character_metrics_run_and_word_metrics_say_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wenzhen.evaluate import metrics
+
+    monkeypatch.setitem(sys.modules, "jieba", None)  # as on a host without the jieba package
+    metrics._jieba.cache_clear()
+    metrics.jieba_words.cache_clear()
+    try:
+        scores = score_pairs(["我爱北京"], ["我爱北京天安门"], ["rouge-1-char", "bleu-4-char"])
+        assert scores[0]["rouge-1-char"] > 0
+        with pytest.raises(WenzhenError, match=r"pip install jieba.*--metrics rouge-1-char"):
+            score_pairs(["我爱北京"], ["我爱北京天安门"], ["rouge-1"])
+    finally:
+        metrics._jieba.cache_clear()
+        metrics.jieba_words.cache_clear()

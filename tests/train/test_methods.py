@@ -10,7 +10,13 @@ from transformers import AutoModelForCausalLM
 from wenzhen.errors import WenzhenError
 from wenzhen.models import detect_family
 from wenzhen.train.config import LoraSettings, PeftConfig, TrainConfig
-from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing, lora_targets
+from wenzhen.train.methods import (
+    METHODS,
+    count_parameters,
+    enable_gradient_checkpointing,
+    expandable_segments,
+    lora_targets,
+)
 
 
 def test_registry_holds_the_four_methods():
@@ -84,3 +90,14 @@ def test_prefix_tuning_with_gradient_checkpointing_is_refused(
     )
     with pytest.raises(WenzhenError, match="ptuning_v2 cannot use gradient checkpointing"):
         train(data_dir, tiny_llama_dir, config)
+
+
+def test_qlora_asks_for_expandable_allocator_segments_unless_the_user_chose(monkeypatch, caplog):
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False")
+    with caplog.at_level(logging.INFO, logger="wenzhen.train.methods"):
+        expandable_segments()
+    assert "expandable" not in caplog.text  # the user's setting stands
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    with caplog.at_level(logging.INFO, logger="wenzhen.train.methods"):
+        expandable_segments()
+    assert "segments are expandable" in caplog.text or "unavailable" in caplog.text

@@ -10,9 +10,11 @@ from peft import LoraConfig, get_peft_model
 from wenzhen.errors import WenzhenError
 from wenzhen.train.config import TrainConfig, load_train_config
 from wenzhen.train.performance import (
+    FOUR_BIT_ACTIVATION_FACTOR,
     Hardware,
     compile_decoder_layers,
     estimate_peak_gib,
+    four_bit_elements,
     plan_performance,
     repeated_layers,
 )
@@ -134,3 +136,62 @@ def test_explicit_keys_win():
 def test_methods_without_checkpointing_are_never_given_it():
     _, plan = plan_performance(shipped_lora(), gpu(16), [300] * 10, 1, packed=True, allow_checkpointing=False)
     assert plan.gradient_checkpointing is False
+
+
+# --- QLoRA: a 4-bit base --------------------------------------------------------------------------------------------
+
+EMBEDDINGS = (
+    2 * 65024 * 4096
+)  # input embeddings and output layer, kept in fp32 by prepare_model_for_kbit_training
+
+
+def qlora_gpu(total_gib: float) -> Hardware:
+    """ChatGLM3-6B with 4-bit linear weights (half a byte each) and fp32 embeddings, as measure_hardware sees it."""
+    linear = MEASURED["parameters"] - EMBEDDINGS
+    return Hardware(
+        usable_gib=total_gib * 0.9 - 1.0,
+        static_gib=(linear / 2 + EMBEDDINGS * 4) / 2**30,
+        can_compile=False,
+        four_bit=True,
+        **CHATGLM3_6B,
+    )
+
+
+def test_a_4bit_base_counts_more_activation_memory_per_token():
+    quantized = qlora_gpu(16)
+    plain = Hardware(**{**quantized.__dict__, "four_bit": False})
+    extra = estimate_peak_gib(quantized, 4096, True, False) - quantized.static_gib
+    assert extra == pytest.approx(
+        FOUR_BIT_ACTIVATION_FACTOR * (estimate_peak_gib(plain, 4096, True, False) - plain.static_gib)
+    )
+
+
+def test_the_4bit_memory_model_reproduces_the_measured_qlora_peak():
+    # H200 capped at 16 GiB, shipped lora.yaml with --method qlora: 4 checkpointed rows of 4096, uncompiled.
+    assert estimate_peak_gib(qlora_gpu(16), 4096, True, False) == pytest.approx(9.74, abs=0.5)
+
+
+def test_qlora_on_a_16_gib_card_gets_uncompiled_checkpointed_rows_within_the_cap():
+    config = shipped_lora()
+    _, plan = plan_performance(config, qlora_gpu(16), [300] * 100, 1, packed=True, allow_checkpointing=True)
+    assert plan.gradient_checkpointing and not plan.compile and "4-bit base" in plan.reason
+    assert plan.row_tokens is not None and plan.row_tokens >= 2048
+    assert plan.estimated_peak_gib is not None and plan.estimated_peak_gib <= qlora_gpu(16).usable_gib
+    step = plan.row_tokens * plan.gradient_accumulation_steps
+    assert (
+        0 <= step - config.performance.step_tokens < 64 * plan.gradient_accumulation_steps
+    )  # rows round up to 64
+
+
+def test_four_bit_weights_are_found_in_a_quantized_model(tiny_glm, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    assert four_bit_elements(tiny_glm) == 0
+    tiny_glm.save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=quantization, device_map="cpu"
+    )
+    linear = sum(m.weight.numel() for m in tiny_glm.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    assert four_bit_elements(quantized) * 2 == linear

@@ -22,16 +22,14 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
-import jieba
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 from transformers import BasicTokenizer
 
 from wenzhen.errors import WenzhenError
 from wenzhen.registry import Registry
-
-jieba.setLogLevel(logging.WARNING)  # jieba prints its dictionary loading on every process start otherwise
 
 _SMOOTHING = SmoothingFunction().method3
 # PromptCBLUE's tokenizer for its character-level ROUGE (BasicTokenizer defaults: lower-case, strip accents).
@@ -51,10 +49,25 @@ class Metric:
 METRICS: Registry[Metric] = Registry("metric")
 
 
+@functools.cache
+def _jieba() -> ModuleType:
+    """jieba, imported on first use, so the character-level metrics also run where it is not installed (a GPU host
+    given only some wheels)."""
+    try:
+        import jieba
+    except ImportError:
+        raise WenzhenError(
+            "the word-level metrics (rouge-1, rouge-2, rouge-l, bleu-4) need jieba: `pip install jieba`, or choose "
+            "character-level ones with --metrics rouge-1-char,rouge-2-char,rouge-l-char,bleu-4-char"
+        ) from None
+    jieba.setLogLevel(logging.WARNING)  # jieba prints its dictionary loading on every process start otherwise
+    return jieba
+
+
 @functools.lru_cache(maxsize=4096)
 def jieba_words(text: str) -> tuple[str, ...]:
     """jieba's default (accurate mode) segmentation of `text`, whitespace pieces included, as the official code."""
-    return tuple(jieba.cut(text))
+    return tuple(_jieba().cut(text))
 
 
 @functools.lru_cache(maxsize=4096)

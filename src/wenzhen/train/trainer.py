@@ -445,6 +445,8 @@ def summarise(
         "total_parameters": total,
         "peak_memory_bytes": peak_memory_bytes(device),
         "peak_memory_kind": "GPU allocated" if device.type == "cuda" else "process RSS",
+        # What the process held on the card besides its CUDA context: allocations plus the allocator's cache.
+        "peak_reserved_bytes": int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None,
         "device": str(device),
         "world_size": trainer.args.world_size,
         "packing": packed,
