@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from wenzhen import generation
 from wenzhen.errors import WenzhenError
 from wenzhen.generation import ChatEngine, GenerationSettings, batch_buckets, window_buckets
 from wenzhen.models import load_model
@@ -55,6 +56,36 @@ def test_a_request_joining_mid_decode_gets_its_own_answer(tiny):
     assert [token for chunk in seen + rest for token in chunk] == alone[0]
     assert second[0] == alone[1][:12]
     assert engine.batcher.active == 0
+
+
+def _prefill_shapes(model):
+    """Record the (rows, width) of every forward over more than one token (a prefill); returns the list and the
+    hook's handle."""
+    shapes = []
+
+    def record(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            shapes.append(tuple(kwargs["input_ids"].shape))
+
+    return shapes, model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+def test_requests_arriving_together_are_prefilled_in_one_forward(tiny, monkeypatch):
+    reference = ChatEngine(tiny, static_cache=False)
+    prompts = [*PROMPTS, PROMPTS[0][:5]]
+    alone = [reference.generate_token_ids([p], GREEDY)[0] for p in prompts]
+    engine = ChatEngine(tiny, static_cache=True, max_batch=4)
+    shapes, hook = _prefill_shapes(tiny.model)
+    try:
+        assert engine.generate_token_ids(prompts, GREEDY) == alone
+        assert shapes == [(3, 8)]  # left-padded to the longest prompt
+        # Over the token budget, the rest wait for the next iteration (after a decode step), still exact.
+        shapes.clear()
+        monkeypatch.setattr(generation, "PREFILL_TOKENS", 16)
+        assert engine.generate_token_ids(prompts, GREEDY) == alone
+        assert shapes == [(2, 8), (1, 5)]
+    finally:
+        hook.remove()
 
 
 def test_each_request_keeps_its_own_settings_and_seed(tiny):

@@ -52,6 +52,9 @@ MAX_BATCH = 64
 # a window (`window_buckets`), not the whole slot: SDPA's masked kernel walks the keys of one sequence and KV head
 # on one thread block, so a batch-1 step over all 8,192 positions of a 6B slot ran at 109 tokens/s on an H200.
 MIN_WINDOW = 1024
+# Requests that arrive together are prefilled in one forward of at most this many (padded) prompt tokens; the rest
+# wait for the next iteration, after a decode step, so the running answers stall for one such forward at most.
+PREFILL_TOKENS = 4096
 TRANSFORMERS_DEFAULT_TOP_K = 50
 
 
@@ -152,9 +155,12 @@ class SlotKVCache:
     for a left-padded batch that starts together but not for requests that join a running batch at different
     lengths. Here each row writes its new key and value at its own position (one indexed store per layer), so the
     rows of one decode step can be at any length. Two modes, set by the batcher before each model call: `prefill`
-    writes one request's prompt into its slot and attends over the prompt alone; `decode` writes one token per row
-    of slots `0..batch-1` at `positions` and attends over the first `len(columns)` positions of the rows' slots
-    (the window: a step never reads the unused tail of a slot; the mask hides what a row has not reached).
+    writes the prompts of a left-padded batch of requests into their slots (`_PrefillPlan` says which token goes
+    where) and attends over the prompts alone; `decode` writes one token per row of slots `0..batch-1` at
+    `positions` and attends over the first `len(columns)` positions of the rows' slots (the window: a step never
+    reads the unused tail of a slot; the mask hides what a row has not reached). Each slot holds one position more
+    than `length`, so that no window is the whole slot: a window over the whole slot is a contiguous view, and the
+    compiler specialised the step on that (a recompilation per batch size, 30-60 s each on a 6B model).
     Implements the part of transformers' cache interface their attention layers call (`update`).
     """
 
@@ -162,11 +168,11 @@ class SlotKVCache:
         self, config: Any, slots: int, length: int, dtype: torch.dtype, device: torch.device
     ) -> None:
         layers, kv_heads, head_dim = kv_cache_shape(config)
-        shape = (slots, kv_heads, length, head_dim)
+        shape = (slots, kv_heads, length + 1, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.slots, self.length = slots, length
-        self.prefill_slot: int | None = None
+        self.prefill: _PrefillPlan | None = None
         self.positions: torch.Tensor | None = None
         self.columns: torch.Tensor | None = None
 
@@ -180,10 +186,10 @@ class SlotKVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values of layer `layer_idx`; return what the layer attends over."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if self.prefill_slot is not None:
-            length = key_states.shape[2]
-            keys[self.prefill_slot, :, :length] = key_states[0]
-            values[self.prefill_slot, :, :length] = value_states[0]
+        if self.prefill is not None:
+            plan = self.prefill
+            keys[plan.slots, :, plan.targets] = key_states[plan.rows, :, plan.sources]
+            values[plan.slots, :, plan.targets] = value_states[plan.rows, :, plan.sources]
             return key_states, value_states
         assert self.positions is not None and self.columns is not None
         batch, window = key_states.shape[0], self.columns.shape[0]
@@ -218,6 +224,46 @@ def window_buckets(length: int) -> list[int]:
     a window (the window is compiled as a dynamic size), a recompilation."""
     sizes = [size for size in (MIN_WINDOW << 2 * i for i in range(16)) if size < length]
     return [*sizes, length]
+
+
+@dataclass
+class _PrefillPlan:
+    """One forward over the prompts of several requests, left-padded to the longest (so every row's last token is
+    the batch's last column, the one whose logits are kept), and where each real token's key and value go: batch
+    row `rows[i]`, column `sources[i]` into slot `slots[i]` at position `targets[i]`."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    mask: torch.Tensor  # [batch, 1, query, key], True = attend
+    rows: torch.Tensor
+    sources: torch.Tensor
+    slots: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def build(cls, prompts: list[list[int]], slots: list[int], device: torch.device) -> "_PrefillPlan":
+        """The plan for `prompts` going into `slots`."""
+        width = max(len(prompt) for prompt in prompts)
+        pads = torch.tensor([width - len(prompt) for prompt in prompts])
+        input_ids = torch.zeros((len(prompts), width), dtype=torch.long)  # id 0 pads; the mask hides it
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        columns = torch.arange(width)
+        real = columns[None, :] >= pads[:, None]
+        causal = columns[:, None] >= columns[None, :]
+        # A padding position attends to itself alone: a query row with no key at all would give NaN.
+        mask = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool)[None]
+        rows, sources = real.nonzero(as_tuple=True)
+        plan = cls(
+            input_ids,
+            (columns[None, :] - pads[:, None]).clamp(min=0),
+            mask[:, None],
+            rows,
+            sources,
+            torch.tensor(slots)[rows],
+            sources - pads[rows],
+        )
+        return cls(*(getattr(plan, name).to(device) for name in plan.__dataclass_fields__))
 
 
 @dataclass(eq=False)
@@ -352,7 +398,7 @@ class ContinuousBatcher:
             self.cache.mark_static()
         self.tokens = torch.zeros(self.slots, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(self.slots, dtype=torch.long, device=self.device)
-        self.columns = torch.arange(self.length, device=self.device)
+        self.columns = torch.arange(self.length + 1, device=self.device)  # + 1: see SlotKVCache
 
     def _run(self) -> None:
         if self.compiled:
@@ -379,8 +425,9 @@ class ContinuousBatcher:
             if alive:
                 chosen.append((alive, self._choose(logits, alive)))
             self.positions[: self._bucket(launched)] += 1
-        for request in self._admit(block=not chosen):
-            chosen.append(([request], self._prefill(request)))
+        admitted = self._admit(block=not chosen)
+        if admitted:
+            chosen.append((admitted, self._prefill(admitted)))
         if not chosen:
             return None
         for rows, tokens in chosen:  # each row's next input is the token just chosen for it
@@ -411,7 +458,8 @@ class ContinuousBatcher:
         return torch.tensor(slots, device=self.device)
 
     def _admit(self, block: bool) -> list[_Request]:
-        """Give free slots to waiting requests, oldest first (waiting for one when nothing runs)."""
+        """Give free slots to waiting requests, oldest first (waiting for one when nothing runs), as many as one
+        prefill of `PREFILL_TOKENS` padded tokens takes (at least one)."""
         while True:
             try:
                 item = self._incoming.get(block=block and not self._backlog)
@@ -426,27 +474,32 @@ class ContinuousBatcher:
             self._backlog.remove(request)  # cancelled while waiting: never prefilled
             request.out.put(None)
         admitted: list[_Request] = []
+        width = 0
         while self._backlog and None in self.rows:
+            width = max(width, len(self._backlog[0].prompt))
+            if admitted and width * (len(admitted) + 1) > PREFILL_TOKENS:
+                break
             request = self._backlog.popleft()
             request.slot = self.rows.index(None)
             self.rows[request.slot] = request
             admitted.append(request)
         return admitted
 
-    def _prefill(self, request: _Request) -> torch.Tensor:
-        """Run the prompt into the request's slot; its first token."""
+    def _prefill(self, requests: list[_Request]) -> torch.Tensor:
+        """Run the prompts into the requests' slots in one forward; each request's first token.
+
+        Why one forward: requests arriving together (eight patients sending at once) were prefilled one after
+        another, so the last one's first token waited for all the others' prompts; one forward over all of them
+        reads the weights once and fills the GPU."""
         assert self.cache is not None
-        length = len(request.prompt)
-        ids = torch.tensor([request.prompt], device=self.device)
-        positions = torch.arange(length, device=self.device)
-        causal = torch.ones((length, length), dtype=torch.bool, device=self.device).tril()
-        self.cache.prefill_slot = request.slot
+        plan = _PrefillPlan.build([r.prompt for r in requests], [r.slot for r in requests], self.device)
+        self.cache.prefill = plan
         try:
             logits = (
                 self.model(
-                    input_ids=ids,
-                    position_ids=positions[None],
-                    attention_mask=causal[None, None],
+                    input_ids=plan.input_ids,
+                    position_ids=plan.position_ids,
+                    attention_mask=plan.mask,
                     **{self.cache_argument: self.cache},
                     use_cache=True,
                     logits_to_keep=1,
@@ -455,15 +508,17 @@ class ContinuousBatcher:
                 .float()
             )
         finally:
-            self.cache.prefill_slot = None
-        settings = request.settings
-        request.processors = settings.logits_processors(self.top_k)
-        if settings.seed is not None:
-            request.generator = torch.Generator(self.device).manual_seed(settings.seed)
-        if settings.repetition_penalty != 1.0:
-            request.sequence = ids
-        self.positions[request.slot] = length
-        return self._choose(logits, [request], rows_are_slots=False)
+            self.cache.prefill = None
+        for request in requests:
+            settings = request.settings
+            request.processors = settings.logits_processors(self.top_k)
+            if settings.seed is not None:
+                request.generator = torch.Generator(self.device).manual_seed(settings.seed)
+            if settings.repetition_penalty != 1.0:
+                request.sequence = torch.tensor([request.prompt], device=self.device)
+        lengths = torch.tensor([len(r.prompt) for r in requests], device=self.device)
+        self.positions[self._slot_index(requests)] = lengths
+        return self._choose(logits, requests, rows_are_slots=False)
 
     def _decode_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor
