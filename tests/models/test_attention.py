@@ -5,7 +5,14 @@ import torch
 from transformers import StaticCache
 
 from wenzhen.models import load_model
-from wenzhen.models.attention import GROUPED_SDPA, fuse_qkv_projections, use_grouped_sdpa
+from wenzhen.models.attention import (
+    FLEX_DECODE,
+    GROUPED_SDPA,
+    fuse_qkv_projections,
+    grouped_sdpa_attention,
+    masked_flex_attention,
+    use_grouped_sdpa,
+)
 
 
 def prefill_and_step(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +48,29 @@ def test_same_logits_as_transformers_sdpa(chatglm3_dir):
     reference = prefill_and_step(model)
     assert use_grouped_sdpa(model)
     assert model.config._attn_implementation == GROUPED_SDPA
+    for ours, theirs in zip(prefill_and_step(model), reference, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_decode_attention_equals_grouped_sdpa_with_the_same_mask():
+    torch.manual_seed(0)
+    batch, heads, kv_heads, window, dim = 2, 8, 2, 40, 16
+    query = torch.randn(batch, heads, 1, dim)
+    key, value = torch.randn(2, batch, kv_heads, window, dim)
+    reached = torch.tensor([17, 39])  # each row has reached its own position; later keys are garbage
+    mask = (torch.arange(window)[None, :] <= reached[:, None])[:, None, None, :]
+    module = torch.nn.Module().eval()
+    expected, _ = grouped_sdpa_attention(module, query, key, value, mask, scaling=0.25)
+    flex = masked_flex_attention(query, key, value, mask, 0.25)
+    torch.testing.assert_close(flex, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_decode_is_chosen_on_request(chatglm3_dir):
+    model = load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu").model
+    reference = prefill_and_step(model)
+    assert use_grouped_sdpa(model, flex_decode=True)
+    assert model.config._attn_implementation == FLEX_DECODE
+    # Off the GPU (and outside a compiled step) it is grouped SDPA.
     for ours, theirs in zip(prefill_and_step(model), reference, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
