@@ -299,6 +299,8 @@ def main() -> None:
     parser.add_argument("--server-log", type=Path, help="also keep the server's output in this file")
     parser.add_argument("--suffix", default="", help="results file name suffix, e.g. -cpu")
     args = parser.parse_args()
+    # Stopped by a time limit (`timeout`): exit through the context managers, so the server goes down with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("serve_load: stopped by SIGTERM"))
     print(write(run(args), args.results, args.suffix))
 
 
