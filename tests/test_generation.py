@@ -88,6 +88,19 @@ def test_requests_arriving_together_are_prefilled_in_one_forward(tiny, monkeypat
         hook.remove()
 
 
+def test_warm_up_prefills_consultation_sized_prompts_that_fit(tiny):
+    engine = ChatEngine(tiny, static_cache=True, max_batch=4)
+    shapes, hook = _prefill_shapes(tiny.model)
+    try:
+        assert engine.warm_up() >= 0
+    finally:
+        hook.remove()
+    fitting = [n for n in generation.PREFILL_WARM_UP_LENGTHS if n < engine.max_context // 2]
+    assert fitting and shapes[1:] == [(1, n) for n in fitting]
+    assert shapes[0][0] == 2  # the first request: two prompts in one prefill
+    assert engine.batcher is not None and engine.batcher.active == 0
+
+
 def test_each_request_keeps_its_own_settings_and_seed(tiny):
     engine = ChatEngine(tiny, static_cache=True, max_batch=4)
     seeded = GenerationSettings(max_new_tokens=16, temperature=0.9, top_p=0.7, seed=3)

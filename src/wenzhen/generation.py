@@ -55,6 +55,8 @@ MIN_WINDOW = 1024
 # Requests that arrive together are prefilled in one forward of at most this many (padded) prompt tokens; the rest
 # wait for the next iteration, after a decode step, so the running answers stall for one such forward at most.
 PREFILL_TOKENS = 4096
+# Prompt lengths `ChatEngine.warm_up` prefills once (where they fit the context), for a fast first answer.
+PREFILL_WARM_UP_LENGTHS = (128, 512, 2048)
 TRANSFORMERS_DEFAULT_TOP_K = 50
 
 
@@ -922,14 +924,21 @@ class ChatEngine:
         limit = min(max_batch or self.max_batch, self.max_batch)
         saved, self.stop_ids = self.stop_ids, []  # decode the same number of tokens every time
         try:
-            # Real requests at batch 1 and 2 compile the step (size 1 is specialised) and run a prefill.
+            # A real request of two prompts compiles the step for every batch size above 1 (`record_graphs` then
+            # compiles the batch-1 step, which the compiler specialises).
             self.generate_token_ids([prompt] * min(2, limit), settings)
+            batcher = self.batcher
+            assert batcher is not None
+            if batcher.compiled:
+                batcher.call_on_thread(lambda: batcher.record_graphs(limit, progress))
+            # Prefills of consultation-sized prompts, so that the first real prompt finds the kernels for its size
+            # loaded and the allocator grown (the first answer after /health had its first token after 750 ms).
+            for length in PREFILL_WARM_UP_LENGTHS:
+                if length < self.max_context // 2:
+                    ids = (prompt * (length // len(prompt) + 1))[:length]
+                    self.generate_token_ids([ids], settings.model_copy(update={"max_new_tokens": 1}))
         finally:
             self.stop_ids = saved
-        batcher = self.batcher
-        assert batcher is not None
-        if batcher.compiled:
-            batcher.call_on_thread(lambda: batcher.record_graphs(limit, progress))
         return time.perf_counter() - started
 
     @torch.inference_mode()
