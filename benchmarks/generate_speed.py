@@ -7,10 +7,9 @@ Variants, all greedy, same prompts, run in one process:
 - `hf-static`: `model.generate(cache_implementation="static")`, transformers' own compiled static-cache decode;
 - `wenzhen`: `ChatEngine.generate_token_ids`, the path chat/web/API use (`ContinuousBatcher`: slot KV cache,
   the step compiled into CUDA graphs per batch-size bucket, q/k/v fused into one projection);
-- `wenzhen-unfused`: the same with the three projections left apart;
-- `wenzhen-flex`: `wenzhen` with batch-1 decode attention through FlexAttention (`ChatEngine(flex_decode=True)`),
-  batch 1 only (larger batches run the same step as `wenzhen`).
-With `--profile`, a kernel profile of 32 batch-1 decode steps on `wenzhen` (and `wenzhen-flex`). Also
+- `wenzhen-unfused`: the same with the three projections left apart.
+Decode batches 1, 8 and 32 for the `wenzhen` variants (`--batches` picks fewer), 1 and 8 for the others. With
+`--profile`, a kernel profile of 32 batch-1 decode steps on `wenzhen`. Also
 the HBM roofline for batch-1 decode: bytes of weights per token / measured device copy bandwidth. Writes
 `benchmarks/results/generate_speed{--suffix}.{json,md}` with the card, after every variant (a variant that fails
 is recorded with its error and the others still run).
@@ -123,12 +122,7 @@ def measure(variant: str, args: argparse.Namespace, prompts: torch.Tensor) -> tu
     if variant.startswith("wenzhen"):
         tokenizer = build_chatglm3_tokenizer(args.tokenizer or args.config.parent / "tokenizer.model")
         loaded = LoadedModel(model, tokenizer, ChatGLM3Family(), ROOT)
-        engine = ChatEngine(
-            loaded,
-            static_cache=True,
-            fuse_qkv=variant != "wenzhen-unfused",
-            flex_decode=variant == "wenzhen-flex",
-        )
+        engine = ChatEngine(loaded, static_cache=True, fuse_qkv=variant != "wenzhen-unfused")
         engine.stop_ids = []  # random weights: decode a fixed number of tokens
 
         def generate(batch: int, n: int) -> None:
@@ -153,12 +147,12 @@ def measure(variant: str, args: argparse.Namespace, prompts: torch.Tensor) -> tu
 
     started = time.perf_counter()
     row: dict = {"variant": variant, "prefill_512_ms": prefill_ms(model, prompts[:1])}
-    batches = (1,) if variant == "wenzhen-flex" else (1, 8, 32) if variant.startswith("wenzhen") else (1, 8)
+    batches = args.batches or ([1, 8, 32] if variant.startswith("wenzhen") else [1, 8])
     for batch in batches:
         row[f"decode_b{batch}_tok_s"] = decode_rate(generate, batch, args.new_tokens)
         print(f"{variant} batch {batch} done at {time.perf_counter() - started:.0f} s", flush=True)
     row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
-    if variant in ("wenzhen", "wenzhen-flex") and args.profile:
+    if variant == "wenzhen" and args.profile:
         try:
             row |= profile_decode(engine, args.prompt_tokens, args.new_tokens)
         except Exception as exc:  # the figures above stand without a profile
@@ -222,6 +216,7 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the results files")
     parser.add_argument("--suffix", default="", help="results file name suffix, e.g. -h200")
+    parser.add_argument("--batches", type=int, nargs="+", help="decode batch sizes (default: 1 8 32)")
     parser.add_argument("--profile", action="store_true", help="profile batch-1 decode steps of wenzhen")
     parser.add_argument(
         "--tokenizer", type=Path, default=None, help="tokenizer.model (default: beside --config)"

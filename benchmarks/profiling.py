@@ -8,10 +8,11 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 # First matching pattern names a kernel's kind (cuBLAS/CUTLASS GEMM names vary by card and library version).
+# Attention before matmul: cuDNN's attention kernels carry `sm90_` in their names too.
 KINDS = [
-    ("matmul (cuBLAS/CUTLASS)", r"gemm|cutlass|nvjet|xmma|sm90_|splitK|Kernel2"),
     ("flex attention", r"flex|triton_tem"),
     ("SDPA / flash attention", r"fmha|flash|attention|cudnn"),
+    ("matmul (cuBLAS/CUTLASS)", r"gemm|cutlass|nvjet|xmma|sm90_|splitK|Kernel2"),
     ("compiled elementwise (Triton)", r"triton_"),
     ("softmax / cross-entropy", r"softmax|nll|cross_entropy|log_softmax"),
     ("reductions", r"reduce|norm"),

@@ -151,9 +151,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def api_server(model: Path, port: int, max_tokens: int, log_path: Path, extra: list[str]) -> Any:
-    """`wenzhen api MODEL` in its own process group, stopped afterwards."""
-    config = log_path.with_suffix(".yaml")
+def api_server(
+    model: Path, port: int, max_tokens: int, log_path: Path, config: Path, extra: list[str]
+) -> Any:
+    """`wenzhen api MODEL` in its own process group (its limits written to `config`), stopped afterwards."""
     limits = {"max_tokens": max_tokens, "default_max_tokens": max_tokens, "max_queue": 256}
     config.write_text(yaml.safe_dump({"limits": limits}), encoding="utf-8")
     args = ["api", str(model), "--port", str(port), "--model-name", MODEL_ID, "--config", str(config), *extra]
@@ -205,7 +206,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="wenzhen-serve-load-") as folder:
         log_path = args.server_log or Path(folder) / "server.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with api_server(args.model, port, max(args.new_tokens, 128), log_path, extra) as server:
+        config = Path(folder) / "api.yaml"
+        with api_server(args.model, port, max(args.new_tokens, 128), log_path, config, extra) as server:
             ready_s = wait_until_healthy(base, server, log_path)
             process = psutil.Process(server.pid)
             first = asyncio.run(load_round(base, 1, 128, args.prompt_repeats))

@@ -348,10 +348,9 @@ class ContinuousBatcher:
         length: int,
         compile_step: bool,
         fuse_qkv: bool = True,
-        flex_decode: bool = False,
     ) -> None:
         self.model = model
-        use_grouped_sdpa(model, flex_decode)
+        use_grouped_sdpa(model)
         if fuse_qkv:
             fuse_qkv_projections(model)
         # transformers 5.24 renamed the model's `past_key_values` argument to `cache` (the old name warns).
@@ -672,13 +671,9 @@ class ChatEngine:
         static_cache: bool | None = None,
         max_batch: int | None = None,
         fuse_qkv: bool = True,
-        flex_decode: bool = False,
     ) -> None:
         self.loaded = loaded
         self.fuse_qkv = fuse_qkv
-        # Batch-1 decode attention through FlexAttention on GPU (`flex_decode_attention`); off by default until
-        # measured faster than SDPA on a GPU (benchmarks/generate_speed.py, variant wenzhen-flex).
-        self.flex_decode = flex_decode
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.family = loaded.family
@@ -799,7 +794,6 @@ class ChatEngine:
                     length,
                     self.device.type == "cuda",
                     self.fuse_qkv,
-                    self.flex_decode,
                 )
             stop_ids = frozenset(self.stop_ids)
             requests = [_Request(prompt, settings, stop_ids, stop_event) for prompt in prompts]

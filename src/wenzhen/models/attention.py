@@ -16,14 +16,12 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
-from torch.nn.attention.flex_attention import flex_attention
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 GROUPED_SDPA = "wenzhen_grouped_sdpa"
-FLEX_DECODE = "wenzhen_flex_decode"
 
 
 def grouped_sdpa_attention(
@@ -44,6 +42,8 @@ def grouped_sdpa_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = heads // kv_heads
     folded = query.reshape(batch, kv_heads, groups * length, dim)
+    if batch == 1 and length == 1 and attention_mask.dtype == torch.bool:
+        return one_token_attention(folded, key, value, attention_mask, scaling), None
     mask = attention_mask[:, :, None].expand(-1, -1, groups, -1, -1)
     mask = mask.reshape(batch, attention_mask.shape[1], groups * length, attention_mask.shape[-1])
     output = F.scaled_dot_product_attention(
@@ -57,69 +57,39 @@ def grouped_sdpa_attention(
     return output.reshape(batch, heads, length, dim).transpose(1, 2).contiguous(), None
 
 
-def flex_decode_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """`grouped_sdpa_attention`, except for one new token of one sequence on a GPU (batch-1 decoding), which goes
-    through PyTorch's FlexAttention with the boolean mask as a score modification.
-
-    Why: SDPA's masked kernel walks all keys of a key/value head on one thread block, so a batch-1 step of
-    ChatGLM3-6B (2 key/value heads) ran attention on 2 of the GPU's 132 multiprocessors, 1,024 keys one block
-    after another, in every layer; compiled, FlexAttention's decoding kernel splits the keys over many blocks and
-    reduces their partial results (flash-decoding). Only the batch-1 step: its kernel needs the batch size fixed
-    at compile time, which the batch-1 step is (the larger batches share one step compiled for any size)."""
-    batch, _, length, _ = query.shape
-    decoding = query.is_cuda and torch.compiler.is_compiling() and batch == 1 and length == 1
-    if not decoding or attention_mask is None or attention_mask.dtype != torch.bool:
-        return grouped_sdpa_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    return masked_flex_attention(query, key, value, attention_mask, scaling), None
-
-
-def masked_flex_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor,
-    scaling: float | None,
+def one_token_attention(
+    folded: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scaling: float | None
 ) -> torch.Tensor:
-    """FlexAttention over [batch, heads, length, dim] inputs with grouped key/value heads and a boolean
-    [batch, 1, query, key] mask (True = attend); [batch, length, heads, dim] like transformers' functions."""
+    """Attention of one new token (the query heads of each key/value group folded into `folded`'s length axis,
+    [batch, kv_heads, groups, dim]) over a boolean [batch, 1, 1, keys] mask: scores and weighted sum as two
+    matrix multiplies, the softmax in fp32; [batch, 1, heads, dim] like transformers' attention functions.
 
-    def hide_masked(
-        score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor
-    ) -> torch.Tensor:
-        return torch.where(mask[b, 0, q, kv], score, -float("inf"))
+    Why for batch-1 decoding: SDPA's kernels (cuDNN's flash kernel on an H200, the memory-efficient one
+    elsewhere) give one thread block to the 16 folded queries of a key/value head and walk the keys one tile after
+    another: ChatGLM3-6B's 2 key/value heads ran on 2 of 132 multiprocessors, 25 us per layer over a 1,024-key
+    window, 0.71 ms of a 4.8 ms step (benchmarks/results/generate_speed-h200.md, profile). Two matrix multiplies
+    spread the keys over the GPU; FlexAttention's decoding kernel, tried instead, was slower still (163 against
+    209 tokens/s)."""
+    batch, kv_heads, groups, dim = folded.shape
+    scale = scaling if scaling is not None else dim**-0.5
+    scores = torch.matmul(folded, key.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).to(value.dtype)
+    output = torch.matmul(weights, value)
+    return output.reshape(batch, kv_heads * groups, 1, dim).transpose(1, 2).contiguous()
 
-    output = flex_attention(query, key, value, score_mod=hide_masked, scale=scaling, enable_gqa=True)
-    assert isinstance(output, torch.Tensor)
-    return output.transpose(1, 2).contiguous()
 
-
-def use_grouped_sdpa(model: Any, flex_decode: bool = False) -> bool:
-    """Switch a model that attends through SDPA with grouped key/value heads to `grouped_sdpa_attention` (or
-    `flex_decode_attention` with `flex_decode`); True when switched."""
+def use_grouped_sdpa(model: Any) -> bool:
+    """Switch a model that attends through SDPA with grouped key/value heads to `grouped_sdpa_attention`;
+    True when switched."""
     config = model.config
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    if (
-        config._attn_implementation not in ("sdpa", GROUPED_SDPA, FLEX_DECODE)
-        or not heads
-        or heads == kv_heads
-    ):
+    if config._attn_implementation != "sdpa" or not heads or heads == kv_heads:
         return False
-    name, function = (
-        (FLEX_DECODE, flex_decode_attention) if flex_decode else (GROUPED_SDPA, grouped_sdpa_attention)
-    )
-    AttentionInterface.register(name, function)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
-    model.set_attn_implementation(name)
+    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED_SDPA, sdpa_mask)
+    model.set_attn_implementation(GROUPED_SDPA)
     return True
 
 
