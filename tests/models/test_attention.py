@@ -58,7 +58,7 @@ def test_one_token_attention_equals_sdpa_with_the_same_mask(batch):
     key, value = torch.randn(2, batch, kv_heads, window, dim)
     reached = torch.tensor([17, 39])[:batch]  # each row has reached its own position; later keys are garbage
     mask = (torch.arange(window)[None, :] <= reached[:, None])[:, None, None, :]
-    # Batch 1 takes the two-matmul path, batch 2 SDPA; both equal plain SDPA over repeated key/value heads.
+    # One query per row takes the two-matmul path; it equals plain SDPA over repeated key/value heads.
     ours, _ = grouped_sdpa_attention(torch.nn.Module().eval(), query, key, value, mask, scaling=0.25)
     repeated = {"dim": 1, "repeats": heads // kv_heads}
     expected = torch.nn.functional.scaled_dot_product_attention(

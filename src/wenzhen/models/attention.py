@@ -42,7 +42,7 @@ def grouped_sdpa_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = heads // kv_heads
     folded = query.reshape(batch, kv_heads, groups * length, dim)
-    if batch == 1 and length == 1 and attention_mask.dtype == torch.bool:
+    if length == 1 and attention_mask.dtype == torch.bool:
         return one_token_attention(folded, key, value, attention_mask, scaling), None
     mask = attention_mask[:, :, None].expand(-1, -1, groups, -1, -1)
     mask = mask.reshape(batch, attention_mask.shape[1], groups * length, attention_mask.shape[-1])
@@ -64,12 +64,12 @@ def one_token_attention(
     [batch, kv_heads, groups, dim]) over a boolean [batch, 1, 1, keys] mask: scores and weighted sum as two
     matrix multiplies, the softmax in fp32; [batch, 1, heads, dim] like transformers' attention functions.
 
-    Why for batch-1 decoding: SDPA's kernels (cuDNN's flash kernel on an H200, the memory-efficient one
-    elsewhere) give one thread block to the 16 folded queries of a key/value head and walk the keys one tile after
-    another: ChatGLM3-6B's 2 key/value heads ran on 2 of 132 multiprocessors, 25 us per layer over a 1,024-key
-    window, 0.71 ms of a 4.8 ms step (benchmarks/results/generate_speed-h200.md, profile). Two matrix multiplies
-    spread the keys over the GPU; FlexAttention's decoding kernel, tried instead, was slower still (163 against
-    209 tokens/s)."""
+    Why for decoding: SDPA's kernels (cuDNN's flash kernel on an H200, the memory-efficient one elsewhere) give
+    one thread block to the 16 folded queries of a key/value head and walk the keys one tile after another: at
+    batch 1, ChatGLM3-6B's 2 key/value heads ran on 2 of 132 multiprocessors, 25 us per layer over a 1,024-key
+    window, 0.71 ms of a 4.8 ms step (benchmarks/results/generate_speed-h200.md, profile); at batch 32, 64 blocks
+    each walk the same 1,024 keys. Two matrix multiplies spread the keys over the GPU; FlexAttention's decoding
+    kernel, tried instead at batch 1, was slower still (163 against 209 tokens/s)."""
     batch, kv_heads, groups, dim = folded.shape
     scale = scaling if scaling is not None else dim**-0.5
     scores = torch.matmul(folded, key.transpose(-1, -2)).float() * scale
