@@ -19,12 +19,12 @@ model=$(mktemp -d)/model
 timeout 90 python benchmarks/random_chatglm3.py "$model" --config "$config" --format safetensors \
   --device "$device" >>"$out/times.txt" 2>&1
 mark checkpoint
-# generate_speed needs about 40 s after serve_load (its batch-1 compilation then comes from the compile cache).
-timeout $(($(left) - 40)) python benchmarks/serve_load.py "$model" --results "$out" --suffix="$suffix" \
+# generate_speed needs about 35 s after serve_load (its batch-1 compilation then comes from the compile cache).
+timeout $(($(left) - 35)) python benchmarks/serve_load.py "$model" --results "$out" --suffix="$suffix" \
   --server-log "$out/server.log" >"$out/serve_load.log" 2>&1
 mark serve_load
 rm -rf "$model"
 # shellcheck disable=SC2086  # the batch sizes and extra options are separate arguments
-timeout $(($(left) - 3)) python benchmarks/generate_speed.py --config "$config" --variants wenzhen --profile \
+timeout $(($(left) - 2)) python benchmarks/generate_speed.py --config "$config" --variants wenzhen --profile \
   --batches $batches --results "$out" --suffix="$suffix" ${GENERATE_SPEED_ARGS:-} >"$out/generate_speed.log" 2>&1
 mark generate_speed
