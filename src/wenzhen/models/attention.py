@@ -6,8 +6,9 @@ Generation over a static KV cache always has a mask, so for ChatGLM3-6B (32 quer
 every layer of every decode step copied its whole cache 16 times: 0.27 ms of a 6.1 ms step on an H100
 (benchmarks/results/generate_speed.md). Folding the 16 query heads of a group into the query-length axis gives
 the same attention with the cache read once: query head h uses key/value head h // groups either way, and the
-mask, which depends only on the query position and the key, is repeated per folded row. Registered with
-transformers' `AttentionInterface` under its own name; the mask is transformers' SDPA mask.
+mask, which depends only on the query position and the key, is repeated per folded row. A decode step (one query
+per row) goes through two matrix multiplies instead of an SDPA kernel (`one_token_attention`, which says why).
+Registered with transformers' `AttentionInterface` under its own name; the mask is transformers' SDPA mask.
 """
 
 import sys
