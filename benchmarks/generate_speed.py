@@ -7,7 +7,8 @@ Variants, all greedy, same prompts, run in one process:
 - `hf-static`: `model.generate(cache_implementation="static")`, transformers' own compiled static-cache decode;
 - `wenzhen`: `ChatEngine.generate_token_ids`, the path chat/web/API use (`ContinuousBatcher`: slot KV cache,
   the step compiled into CUDA graphs per batch-size bucket, q/k/v fused into one projection);
-- `wenzhen-unfused`: the same with the three projections left apart.
+- `wenzhen-unfused`: the same with the three projections left apart;
+- `wenzhen-matmul`: `wenzhen` with decode attention through two matmuls (`ChatEngine(matmul_decode=True)`).
 Decode batches 1, 8 and 32 for the `wenzhen` variants (`--batches` picks fewer), 1 and 8 for the others. With
 `--profile`, a kernel profile of 32 batch-1 decode steps on `wenzhen`. Also
 the HBM roofline for batch-1 decode: bytes of weights per token / measured device copy bandwidth. Writes
@@ -122,7 +123,12 @@ def measure(variant: str, args: argparse.Namespace, prompts: torch.Tensor) -> tu
     if variant.startswith("wenzhen"):
         tokenizer = build_chatglm3_tokenizer(args.tokenizer or args.config.parent / "tokenizer.model")
         loaded = LoadedModel(model, tokenizer, ChatGLM3Family(), ROOT)
-        engine = ChatEngine(loaded, static_cache=True, fuse_qkv=variant != "wenzhen-unfused")
+        engine = ChatEngine(
+            loaded,
+            static_cache=True,
+            fuse_qkv=variant != "wenzhen-unfused",
+            matmul_decode=variant == "wenzhen-matmul",
+        )
         engine.stop_ids = []  # random weights: decode a fixed number of tokens
 
         def generate(batch: int, n: int) -> None:
@@ -152,7 +158,7 @@ def measure(variant: str, args: argparse.Namespace, prompts: torch.Tensor) -> tu
         row[f"decode_b{batch}_tok_s"] = decode_rate(generate, batch, args.new_tokens)
         print(f"{variant} batch {batch} done at {time.perf_counter() - started:.0f} s", flush=True)
     row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
-    if variant == "wenzhen" and args.profile:
+    if variant in ("wenzhen", "wenzhen-matmul") and args.profile:
         try:
             row |= profile_decode(engine, args.prompt_tokens, args.new_tokens)
         except Exception as exc:  # the figures above stand without a profile

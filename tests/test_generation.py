@@ -40,6 +40,14 @@ def test_continuous_batching_gives_generates_tokens(tiny, settings):
         )
 
 
+def test_matmul_decode_attention_gives_generates_tokens(chatglm3_dir):
+    model = load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu")
+    expected = ChatEngine(model, static_cache=False).generate_token_ids(PROMPTS, GREEDY)
+    engine = ChatEngine(model, static_cache=True, max_batch=4, matmul_decode=True)
+    assert engine.generate_token_ids(PROMPTS, GREEDY) == expected
+    assert engine.generate_token_ids(PROMPTS[:1], GREEDY) == expected[:1]
+
+
 def test_a_request_joining_mid_decode_gets_its_own_answer(tiny):
     reference = ChatEngine(tiny, static_cache=False)
     settings = GenerationSettings(max_new_tokens=40, temperature=0)
@@ -147,7 +155,7 @@ def test_max_batch_defaults_from_the_memory_budget(tiny):
     engine = ChatEngine(tiny)
     assert 1 < engine.max_batch <= 64
     assert batch_buckets(engine.max_batch)[-1] == engine.max_batch
-    assert batch_buckets(24) == [1, 2, 4, 8, 16, 24]
+    assert batch_buckets(24) == [2, 4, 8, 16, 24] and batch_buckets(1) == [1] and batch_buckets(2) == [2]
     assert window_buckets(8192) == [1024, 4096, 8192] and window_buckets(512) == [512]
 
 

@@ -214,8 +214,13 @@ def kv_cache_shape(config: Any) -> tuple[int, int, int]:
 
 
 def batch_buckets(max_batch: int) -> list[int]:
-    """Batch sizes a decode step is compiled for: powers of two up to `max_batch`, and `max_batch` itself."""
-    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
+    """Batch sizes a decode step runs at: powers of two from 2 up to `max_batch`, and `max_batch` itself (1 only
+    when there is a single slot).
+
+    Why no bucket of 1: the compiler specialises a dimension of size 1, so a batch-1 step was a second compilation
+    (30-60 s of the warm-up for a 6B model), and one sequence decodes as fast in a batch of two (its free row reads
+    the same weights: on an H200 a step of 8 rows took 4.56 ms, one of 1 row 4.79 ms)."""
+    sizes = [1 << i for i in range(1, max_batch.bit_length()) if 1 << i <= max_batch] or [1]
     return sizes if sizes[-1] == max_batch else [*sizes, max_batch]
 
 
@@ -348,9 +353,10 @@ class ContinuousBatcher:
         length: int,
         compile_step: bool,
         fuse_qkv: bool = True,
+        matmul_decode: bool = False,
     ) -> None:
         self.model = model
-        use_grouped_sdpa(model)
+        use_grouped_sdpa(model, matmul_decode)
         if fuse_qkv:
             fuse_qkv_projections(model)
         # transformers 5.24 renamed the model's `past_key_values` argument to `cache` (the old name warns).
@@ -554,8 +560,8 @@ class ContinuousBatcher:
         tokens, positions, columns = self.tokens[:bucket], self.positions[:bucket], self.columns[:window]
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
-            # One compilation serves every batch size above 1 (size 1 is specialised) and every window; CUDA
-            # graphs are then recorded per (batch bucket, window).
+            # One compilation serves every batch bucket (a bucket of 1 exists only with a single slot) and every
+            # window; CUDA graphs are then recorded per (batch bucket, window).
             if bucket > 1:
                 torch._dynamo.maybe_mark_dynamic(tokens, 0)
                 torch._dynamo.maybe_mark_dynamic(positions, 0)
@@ -563,17 +569,14 @@ class ContinuousBatcher:
         return self.step(tokens, positions, columns)
 
     def record_graphs(self, max_batch: int, progress: Callable[[str], None] | None) -> None:
-        """Compile the step and record its CUDA graphs for every batch bucket up to `max_batch` and every window
-        (runs on the batcher thread, when no request is decoding: the steps write only into free slots)."""
+        """Record the step's CUDA graphs for every batch bucket that `max_batch` rows need and every window (runs
+        on the batcher thread, when no request is decoding: the steps write only into free slots)."""
         if any(row is not None for row in self.rows):
             return
-        started = time.perf_counter()
-        for bucket in [size for size in self.buckets if size <= max_batch]:
+        needed = next((size for size in self.buckets if size >= max_batch), self.buckets[-1])
+        for bucket in [size for size in self.buckets if size <= needed]:
             if progress is not None:
-                elapsed = time.perf_counter() - started
-                progress(
-                    f"warming up: batch {bucket} of {max_batch}, windows up to {self.length} ({elapsed:.0f} s)"
-                )
+                progress(f"warming up: CUDA graphs for batch {bucket} of {needed}, windows {self.windows}")
             for window in self.windows:
                 for _ in range(3):  # cudagraph trees: a warm-up run, the recording, a first replay
                     self._step_at(bucket, window)
@@ -671,9 +674,13 @@ class ChatEngine:
         static_cache: bool | None = None,
         max_batch: int | None = None,
         fuse_qkv: bool = True,
+        matmul_decode: bool = False,
     ) -> None:
         self.loaded = loaded
         self.fuse_qkv = fuse_qkv
+        # Decode attention through two matmuls instead of SDPA (`models.attention.matmul_decode_attention`);
+        # opt-in until measured on a GPU (benchmarks/generate_speed.py, variant wenzhen-matmul).
+        self.matmul_decode = matmul_decode
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.family = loaded.family
@@ -794,6 +801,7 @@ class ChatEngine:
                     length,
                     self.device.type == "cuda",
                     self.fuse_qkv,
+                    self.matmul_decode,
                 )
             stop_ids = frozenset(self.stop_ids)
             requests = [_Request(prompt, settings, stop_ids, stop_event) for prompt in prompts]
@@ -911,20 +919,27 @@ class ChatEngine:
         started = time.perf_counter()
         if not self.static_cache:
             return 0.0
-        if progress is not None:
-            progress("warming up: a first request (compiles the decode step on GPU)")
+
+        def say(line: str) -> None:  # every line with the seconds since the warm-up began
+            if progress is not None:
+                progress(f"{line} ({time.perf_counter() - started:.0f} s)")
+
+        say("warming up: a first request (compiles the decode step on GPU)")
         prompt = self.encode([{"role": "user", "content": "你好"}])
         settings = GenerationSettings(max_new_tokens=4, temperature=0)
         limit = min(max_batch or self.max_batch, self.max_batch)
         saved, self.stop_ids = self.stop_ids, []  # decode the same number of tokens every time
         try:
-            # A real request of two prompts compiles the step for every batch size above 1 (`record_graphs` then
-            # compiles the batch-1 step, which the compiler specialises).
+            # A real request compiles the step, once for every batch bucket and window.
             self.generate_token_ids([prompt] * min(2, limit), settings)
             batcher = self.batcher
             assert batcher is not None
             if batcher.compiled:
-                batcher.call_on_thread(lambda: batcher.record_graphs(limit, progress))
+                say("warming up: the decode step is compiled")
+                batcher.call_on_thread(lambda: batcher.record_graphs(limit, say))
+            say(
+                f"warming up: prefills of {', '.join(map(str, PREFILL_WARM_UP_LENGTHS))} tokens where they fit"
+            )
             # Prefills of consultation-sized prompts, so that the first real prompt finds the kernels for its size
             # loaded and the allocator grown (the first answer after /health had its first token after 750 ms).
             for length in PREFILL_WARM_UP_LENGTHS:

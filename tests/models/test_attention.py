@@ -6,9 +6,10 @@ from transformers import StaticCache
 
 from wenzhen.models import load_model
 from wenzhen.models.attention import (
+    GROUPED_MATMUL_DECODE,
     GROUPED_SDPA,
     fuse_qkv_projections,
-    grouped_sdpa_attention,
+    matmul_decode_attention,
     use_grouped_sdpa,
 )
 
@@ -59,7 +60,7 @@ def test_one_token_attention_equals_sdpa_with_the_same_mask(batch):
     reached = torch.tensor([17, 39])[:batch]  # each row has reached its own position; later keys are garbage
     mask = (torch.arange(window)[None, :] <= reached[:, None])[:, None, None, :]
     # One query per row takes the two-matmul path; it equals plain SDPA over repeated key/value heads.
-    ours, _ = grouped_sdpa_attention(torch.nn.Module().eval(), query, key, value, mask, scaling=0.25)
+    ours, _ = matmul_decode_attention(torch.nn.Module().eval(), query, key, value, mask, scaling=0.25)
     repeated = {"dim": 1, "repeats": heads // kv_heads}
     expected = torch.nn.functional.scaled_dot_product_attention(
         query,
@@ -89,11 +90,13 @@ def batch_one_step(model) -> torch.Tensor:
         ).logits
 
 
-def test_batch_one_step_gives_transformers_logits(chatglm3_dir):
+def test_matmul_decode_gives_transformers_logits(chatglm3_dir):
     model = load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu").model
-    expected = batch_one_step(model)
-    assert use_grouped_sdpa(model)
-    torch.testing.assert_close(batch_one_step(model), expected, rtol=1e-5, atol=1e-5)
+    expected = [batch_one_step(model), *prefill_and_step(model)]
+    assert use_grouped_sdpa(model, matmul_decode=True)
+    assert model.config._attn_implementation == GROUPED_MATMUL_DECODE
+    for ours, theirs in zip([batch_one_step(model), *prefill_and_step(model)], expected, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("attention", ["eager"])

@@ -7,7 +7,7 @@ every layer of every decode step copied its whole cache 16 times: 0.27 ms of a 6
 (benchmarks/results/generate_speed.md). Folding the 16 query heads of a group into the query-length axis gives
 the same attention with the cache read once: query head h uses key/value head h // groups either way, and the
 mask, which depends only on the query position and the key, is repeated per folded row. A decode step (one query
-per row) goes through two matrix multiplies instead of an SDPA kernel (`one_token_attention`, which says why).
+per row) can go through two matrix multiplies instead of an SDPA kernel (`matmul_decode_attention`, opt-in).
 Registered with transformers' `AttentionInterface` under its own name; the mask is transformers' SDPA mask.
 """
 
@@ -23,6 +23,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 GROUPED_SDPA = "wenzhen_grouped_sdpa"
+GROUPED_MATMUL_DECODE = "wenzhen_grouped_matmul_decode"
 
 
 def grouped_sdpa_attention(
@@ -43,8 +44,6 @@ def grouped_sdpa_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = heads // kv_heads
     folded = query.reshape(batch, kv_heads, groups * length, dim)
-    if length == 1 and attention_mask.dtype == torch.bool:
-        return one_token_attention(folded, key, value, attention_mask, scaling), None
     mask = attention_mask[:, :, None].expand(-1, -1, groups, -1, -1)
     mask = mask.reshape(batch, attention_mask.shape[1], groups * length, attention_mask.shape[-1])
     output = F.scaled_dot_product_attention(
@@ -56,6 +55,27 @@ def grouped_sdpa_attention(
         scale=scaling,
     )
     return output.reshape(batch, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def matmul_decode_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """`grouped_sdpa_attention`, except that rows of one new token under a boolean mask (decode steps) attend
+    through `one_token_attention`. Opt-in (`use_grouped_sdpa(model, matmul_decode=True)`): faster on paper, but
+    not yet measured on a GPU, nor its compilation over dynamic batch sizes and windows."""
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    if length != 1 or attention_mask is None or attention_mask.dtype != torch.bool or heads == kv_heads:
+        return grouped_sdpa_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    folded = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    return one_token_attention(folded, key, value, attention_mask, scaling), None
 
 
 def one_token_attention(
@@ -80,17 +100,19 @@ def one_token_attention(
     return output.reshape(batch, kv_heads * groups, 1, dim).transpose(1, 2).contiguous()
 
 
-def use_grouped_sdpa(model: Any) -> bool:
-    """Switch a model that attends through SDPA with grouped key/value heads to `grouped_sdpa_attention`;
-    True when switched."""
+def use_grouped_sdpa(model: Any, matmul_decode: bool = False) -> bool:
+    """Switch a model that attends through SDPA with grouped key/value heads to `grouped_sdpa_attention` (or
+    `matmul_decode_attention` with `matmul_decode`); True when switched."""
     config = model.config
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    if config._attn_implementation != "sdpa" or not heads or heads == kv_heads:
+    ours = (GROUPED_SDPA, GROUPED_MATMUL_DECODE)
+    if config._attn_implementation not in ("sdpa", *ours) or not heads or heads == kv_heads:
         return False
-    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED_SDPA, sdpa_mask)
-    model.set_attn_implementation(GROUPED_SDPA)
+    name = GROUPED_MATMUL_DECODE if matmul_decode else GROUPED_SDPA
+    AttentionInterface.register(name, matmul_decode_attention if matmul_decode else grouped_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+    model.set_attn_implementation(name)
     return True
 
 
