@@ -19,7 +19,7 @@ model=$(mktemp -d)/model
 timeout 90 python benchmarks/random_chatglm3.py "$model" --config "$config" --format safetensors \
   --device "$device" >>"$out/times.txt" 2>&1
 mark checkpoint
-# generate_speed needs about 35 s after serve_load (its batch-1 compilation then comes from the compile cache).
+# generate_speed needs about 35 s after serve_load (its compilation of the step then comes from the compile cache).
 timeout $(($(left) - 35)) python benchmarks/serve_load.py "$model" --results "$out" --suffix="$suffix" \
   --server-log "$out/server.log" >"$out/serve_load.log" 2>&1
 mark serve_load
