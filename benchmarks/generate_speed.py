@@ -98,8 +98,8 @@ def decode_rate(generate, batch: int, new_tokens: int) -> float:
 
 
 def profile_decode(engine: ChatEngine, prompt_tokens: int, new_tokens: int) -> dict:
-    """Kernel profile of 32 batch-1 decode steps at the benchmark's attention window (after warm-up). The steps
-    run on the batcher thread, which owns their CUDA graphs; the profiler runs on this thread (the GPU's kernels
+    """Kernel profile of 32 decode steps of the step one sequence runs (the smallest batch bucket) at the
+    benchmark's attention window (after warm-up). The steps run on the batcher thread, which owns their CUDA graphs; the profiler runs on this thread (the GPU's kernels
     are seen from any thread), and on the batcher thread when it saw no kernel that way."""
     batcher = engine.batcher
     assert batcher is not None
@@ -107,7 +107,7 @@ def profile_decode(engine: ChatEngine, prompt_tokens: int, new_tokens: int) -> d
 
     def steps() -> None:
         for _ in range(32):
-            batcher._step_at(1, window)
+            batcher._step_at(batcher.buckets[0], window)
 
     summary = profile_steps(lambda: batcher.call_on_thread(steps), 1)
     if not summary["kernel_ms"]:
