@@ -7,10 +7,13 @@ Variants, all greedy, same prompts, run in one process:
 - `hf-static`: `model.generate(cache_implementation="static")`, transformers' own compiled static-cache decode;
 - `wenzhen`: `ChatEngine.generate_token_ids`, the path chat/web/API use (`ContinuousBatcher`: slot KV cache,
   the step compiled into CUDA graphs per batch-size bucket, q/k/v fused into one projection);
-- `wenzhen-unfused`: the same with the three projections left apart.
-With `--profile`, a kernel profile of one batch-1 request of 32 new tokens on `wenzhen`. Also the HBM roofline for
-batch-1 decode: bytes of weights per token / measured device copy bandwidth. Writes
-`benchmarks/results/generate_speed.{json,md}` with the card.
+- `wenzhen-unfused`: the same with the three projections left apart;
+- `wenzhen-matmul`: `wenzhen` with decode attention through two matmuls (`ChatEngine(matmul_decode=True)`).
+Decode batches 1, 8 and 32 for the `wenzhen` variants (`--batches` picks fewer), 1 and 8 for the others. With
+`--profile`, a kernel profile of 32 batch-1 decode steps on `wenzhen`. Also
+the HBM roofline for batch-1 decode: bytes of weights per token / measured device copy bandwidth. Writes
+`benchmarks/results/generate_speed{--suffix}.{json,md}` with the card, after every variant (a variant that fails
+is recorded with its error and the others still run).
 """
 
 import argparse
@@ -94,13 +97,119 @@ def decode_rate(generate, batch: int, new_tokens: int) -> float:
     return batch * (new_tokens - 1) / (full - one)
 
 
-def profile_request(engine: ChatEngine, prompt: torch.Tensor) -> dict:
-    """Kernel profile of one batch-1 request of 32 new tokens (after warm-up)."""
+def profile_decode(engine: ChatEngine, prompt_tokens: int, new_tokens: int) -> dict:
+    """Kernel profile of 32 decode steps of the step one sequence runs (the smallest batch bucket) at the
+    benchmark's attention window (after warm-up). The steps run on the batcher thread, which owns their CUDA graphs; the profiler runs on this thread (the GPU's kernels
+    are seen from any thread), and on the batcher thread when it saw no kernel that way."""
+    batcher = engine.batcher
+    assert batcher is not None
+    window = next(size for size in batcher.windows if size >= prompt_tokens + new_tokens)
 
-    def full_request() -> None:
-        engine.generate_token_ids(prompt.tolist(), GenerationSettings(max_new_tokens=32, temperature=0))
+    def steps() -> None:
+        for _ in range(32):
+            batcher._step_at(batcher.buckets[0], window)
 
-    return {"profile": profile_steps(full_request, 1)}
+    summary = profile_steps(lambda: batcher.call_on_thread(steps), 1)
+    if not summary["kernel_ms"]:
+        summary = batcher.call_on_thread(lambda: profile_steps(steps, 1))
+    return {"profile": summary, "profile_window": window}
+
+
+def measure(variant: str, args: argparse.Namespace, prompts: torch.Tensor) -> tuple[dict, int]:
+    """One variant's row (prefill, decode rates, peak memory, profile) and its model's weight bytes."""
+    torch.backends.cuda.enable_cudnn_sdp(variant != "sdpa-no-cudnn")
+    model = build_model("eager" if variant == "eager" else "sdpa", args.config)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if variant.startswith("wenzhen"):
+        tokenizer = build_chatglm3_tokenizer(args.tokenizer or args.config.parent / "tokenizer.model")
+        loaded = LoadedModel(model, tokenizer, ChatGLM3Family(), ROOT)
+        engine = ChatEngine(
+            loaded,
+            static_cache=True,
+            fuse_qkv=variant != "wenzhen-unfused",
+            matmul_decode=variant == "wenzhen-matmul",
+        )
+        engine.stop_ids = []  # random weights: decode a fixed number of tokens
+
+        def generate(batch: int, n: int) -> None:
+            settings = GenerationSettings(max_new_tokens=n, temperature=0)
+            engine.generate_token_ids(prompts[:batch].tolist(), settings)
+
+    else:
+        cache = {"cache_implementation": "static"} if variant == "hf-static" else {}
+
+        def generate(batch: int, n: int) -> None:
+            with torch.inference_mode():
+                model.generate(
+                    prompts[:batch],
+                    attention_mask=torch.ones_like(prompts[:batch]),
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                    **cache,
+                )
+
+    started = time.perf_counter()
+    row: dict = {"variant": variant, "prefill_512_ms": prefill_ms(model, prompts[:1])}
+    batches = args.batches or ([1, 8, 32] if variant.startswith("wenzhen") else [1, 8])
+    for batch in batches:
+        row[f"decode_b{batch}_tok_s"] = decode_rate(generate, batch, args.new_tokens)
+        print(f"{variant} batch {batch} done at {time.perf_counter() - started:.0f} s", flush=True)
+    row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
+    if variant in ("wenzhen", "wenzhen-matmul") and args.profile:
+        try:
+            row |= profile_decode(engine, args.prompt_tokens, args.new_tokens)
+        except Exception as exc:  # the figures above stand without a profile
+            row["profile_error"] = f"{type(exc).__name__}: {exc}"
+    return row, weight_bytes
+
+
+def rate(row: dict, key: str) -> str:
+    """A tokens/s cell, or - when the variant did not measure it."""
+    return f"{row[key]:.1f}" if key in row else "-"
+
+
+def write(report: dict, results: Path, suffix: str) -> str:
+    """The JSON and the markdown table; returns the markdown."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"generate_speed{suffix}.json").write_text(json.dumps(report, indent=2))
+    roofline = report["roofline_b1_tok_s"]
+    lines = [
+        f"# Generation speed, ChatGLM3-6B shapes, random bf16 weights — {report['card']}, torch {report['torch']}",
+        "",
+        f"Copy bandwidth {report['copy_bandwidth_tb_s']:.2f} TB/s; weights {report['weight_bytes'] / 1e9:.2f} GB; "
+        f"batch-1 decode roofline {roofline:.0f} tokens/s. Prompt {report['prompt_tokens']} tokens, "
+        f"{report['new_tokens']} new tokens, greedy.",
+        "",
+        "| variant | prefill 512 ms | decode b1 tok/s | % roofline | decode b8 tok/s (aggregate) | b8 / b1 "
+        "| decode b32 tok/s | b32 / b1 | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | failed: {r['error'][:200]} | | | | | | | |")
+            continue
+        b1 = r["decode_b1_tok_s"]
+        ratios = [f"{r[k] / b1:.1f}" if k in r else "-" for k in ("decode_b8_tok_s", "decode_b32_tok_s")]
+        lines.append(
+            f"| {r['variant']} | {r['prefill_512_ms']:.1f} | {b1:.1f} | {100 * b1 / roofline:.0f}% | "
+            f"{rate(r, 'decode_b8_tok_s')} | {ratios[0]} | {rate(r, 'decode_b32_tok_s')} | {ratios[1]} | "
+            f"{r['peak_gpu_gib']:.1f} |"
+        )
+    for r in report["rows"]:
+        if "profile" in r:
+            lines += [
+                "",
+                format_profile(
+                    f"{r['variant']}, 32 batch-1 decode steps over a {r['profile_window']}-key window",
+                    r["profile"],
+                ),
+            ]
+    text = "\n".join(lines) + "\n"
+    (results / f"generate_speed{suffix}.md").write_text(text)
+    return text
 
 
 def main() -> None:
@@ -112,7 +221,9 @@ def main() -> None:
         "--variants", nargs="+", default=["baseline", "hf-static", "wenzhen", "wenzhen-unfused"]
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the results files")
-    parser.add_argument("--profile", action="store_true", help="profile one batch-1 request of wenzhen")
+    parser.add_argument("--suffix", default="", help="results file name suffix, e.g. -h200")
+    parser.add_argument("--batches", type=int, nargs="+", help="decode batch sizes (default: 1 8 32)")
+    parser.add_argument("--profile", action="store_true", help="profile batch-1 decode steps of wenzhen")
     parser.add_argument(
         "--tokenizer", type=Path, default=None, help="tokenizer.model (default: beside --config)"
     )
@@ -120,91 +231,30 @@ def main() -> None:
     torch.manual_seed(0)
     prompts = torch.randint(100, 60000, (32, args.prompt_tokens), device=DEVICE)
     bandwidth = copy_bandwidth()
-    rows = []
-    for variant in args.variants:
-        torch.backends.cuda.enable_cudnn_sdp(variant != "sdpa-no-cudnn")
-        model = build_model("eager" if variant == "eager" else "sdpa", args.config)
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        if variant.startswith("wenzhen"):
-            tokenizer = build_chatglm3_tokenizer(args.tokenizer or args.config.parent / "tokenizer.model")
-            loaded = LoadedModel(model, tokenizer, ChatGLM3Family(), ROOT)
-            engine = ChatEngine(loaded, static_cache=True, fuse_qkv=variant == "wenzhen")
-            engine.stop_ids = []  # random weights: decode a fixed number of tokens
-
-            def generate(batch: int, n: int, engine: ChatEngine = engine) -> None:
-                settings = GenerationSettings(max_new_tokens=n, temperature=0)
-                engine.generate_token_ids(prompts[:batch].tolist(), settings)
-
-        else:
-            cache = {"cache_implementation": "static"} if variant == "hf-static" else {}
-
-            def generate(batch: int, n: int, model: GlmForCausalLM = model, cache: dict = cache) -> None:
-                with torch.inference_mode():
-                    model.generate(
-                        prompts[:batch],
-                        attention_mask=torch.ones_like(prompts[:batch]),
-                        max_new_tokens=n,
-                        min_new_tokens=n,
-                        do_sample=False,
-                        eos_token_id=None,
-                        pad_token_id=0,
-                        **cache,
-                    )
-
-        started = time.perf_counter()
-        row = {"variant": variant, "prefill_512_ms": prefill_ms(model, prompts[:1])}
-        for batch in (1, 8, 32) if variant.startswith("wenzhen") else (1, 8):
-            row[f"decode_b{batch}_tok_s"] = decode_rate(generate, batch, args.new_tokens)
-            print(f"{variant} batch {batch} done at {time.perf_counter() - started:.0f} s", flush=True)
-        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
-        if variant == "wenzhen" and args.profile:
-            row |= profile_request(engine, prompts[:1])
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
-        del model
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-    roofline = bandwidth / weight_bytes
-    report = {
+    report: dict = {
         "card": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "CPU",
         "torch": torch.__version__,
         "copy_bandwidth_tb_s": bandwidth / 1e12,
-        "weight_bytes": weight_bytes,
-        "roofline_b1_tok_s": roofline,
         "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
-        "rows": rows,
+        "rows": [],
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "generate_speed.json").write_text(json.dumps(report, indent=2))
-    lines = [
-        f"# Generation speed, ChatGLM3-6B shapes, random bf16 weights — {report['card']}, torch {torch.__version__}",
-        "",
-        f"Copy bandwidth {bandwidth / 1e12:.2f} TB/s; weights {weight_bytes / 1e9:.2f} GB; batch-1 decode roofline "
-        f"{roofline:.0f} tokens/s. Prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy.",
-        "",
-        "| variant | prefill 512 ms | decode b1 tok/s | % roofline | decode b8 tok/s (aggregate) | b8 / b1 "
-        "| decode b32 tok/s | b32 / b1 | peak GiB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        b32 = r.get("decode_b32_tok_s")
-        lines.append(
-            f"| {r['variant']} | {r['prefill_512_ms']:.1f} | {r['decode_b1_tok_s']:.1f} | "
-            f"{100 * r['decode_b1_tok_s'] / roofline:.0f}% | {r['decode_b8_tok_s']:.1f} | "
-            f"{r['decode_b8_tok_s'] / r['decode_b1_tok_s']:.1f} | "
-            + (f"{b32:.1f} | {b32 / r['decode_b1_tok_s']:.1f} | " if b32 else "- | - | ")
-            + f"{r['peak_gpu_gib']:.1f} |"
-        )
-    for r in rows:
-        if "profile" in r:
-            lines += [
-                "",
-                format_profile(f"{r['variant']}, one batch-1 request of 32 new tokens", r["profile"]),
-            ]
-    (args.results / "generate_speed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = ""
+    for variant in args.variants:
+        try:
+            row, weight_bytes = measure(variant, args, prompts)
+        except Exception as exc:  # recorded in the results; the next variant still runs
+            row = {"variant": variant, "error": f"{type(exc).__name__}: {exc}"}
+        else:
+            report |= {"weight_bytes": weight_bytes, "roofline_b1_tok_s": bandwidth / weight_bytes}
+        report["rows"].append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        if "roofline_b1_tok_s" in report:
+            text = write(report, args.results, args.suffix)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 # First matching pattern names a kernel's kind (cuBLAS/CUTLASS GEMM names vary by card and library version).
+# Attention before matmul: cuDNN's attention kernels carry `sm90_` in their names too.
 KINDS = [
-    ("matmul (cuBLAS/CUTLASS)", r"gemm|cutlass|nvjet|xmma|sm90_|splitK|Kernel2"),
     ("flex attention", r"flex|triton_tem"),
     ("SDPA / flash attention", r"fmha|flash|attention|cudnn"),
+    ("matmul (cuBLAS/CUTLASS)", r"gemm|cutlass|nvjet|xmma|sm90_|splitK|Kernel2"),
     ("compiled elementwise (Triton)", r"triton_"),
     ("softmax / cross-entropy", r"softmax|nll|cross_entropy|log_softmax"),
     ("reductions", r"reduce|norm"),
@@ -30,11 +31,15 @@ def kind_of(name: str) -> str:
 
 def profile_steps(run: Callable[[], None], steps: int) -> dict:
     """Profile `steps` calls of `run`: wall time, kernel time by kind, and the top kernels."""
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]
+    with profile(activities=activities) as prof:
         for _ in range(steps):
             run()
-        torch.cuda.synchronize()
+        if gpu:
+            torch.cuda.synchronize()
     return summarise(prof)
 
 
@@ -47,7 +52,7 @@ def summarise(prof: profile) -> dict:
         kind = kind_of(event.key)
         by_kind[kind] = by_kind.get(kind, 0.0) + event.self_device_time_total
     events = prof.events()
-    wall_us = max(e.time_range.end for e in events) - min(e.time_range.start for e in events)
+    wall_us = max(e.time_range.end for e in events) - min(e.time_range.start for e in events) if events else 0
     top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:25]
     return {
         "wall_ms": wall_us / 1000,
@@ -65,7 +70,7 @@ def format_profile(title: str, summary: dict) -> str:
         f"### Profile: {title}",
         "",
         f"Wall {summary['wall_ms']:.1f} ms, GPU kernels {summary['kernel_ms']:.1f} ms "
-        f"({100 * summary['kernel_ms'] / summary['wall_ms']:.0f}% busy).",
+        f"({100 * summary['kernel_ms'] / max(summary['wall_ms'], 1e-9):.0f}% busy).",
         "",
         "| kind | ms | share of kernel time |",
         "|---|---|---|",

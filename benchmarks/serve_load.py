@@ -151,9 +151,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def api_server(model: Path, port: int, max_tokens: int, log_path: Path, extra: list[str]) -> Any:
-    """`wenzhen api MODEL` in its own process group, stopped afterwards."""
-    config = log_path.with_suffix(".yaml")
+def api_server(
+    model: Path, port: int, max_tokens: int, log_path: Path, config: Path, extra: list[str]
+) -> Any:
+    """`wenzhen api MODEL` in its own process group (its limits written to `config`), stopped afterwards."""
     limits = {"max_tokens": max_tokens, "default_max_tokens": max_tokens, "max_queue": 256}
     config.write_text(yaml.safe_dump({"limits": limits}), encoding="utf-8")
     args = ["api", str(model), "--port", str(port), "--model-name", MODEL_ID, "--config", str(config), *extra]
@@ -195,52 +196,62 @@ def wait_until_healthy(base: str, process: subprocess.Popen, log_path: Path) -> 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Start the server, measure readiness, the first answer and every load round."""
+    """Start the server, measure readiness, the first answer and every load round (the results files are
+    rewritten after each step, so a run cut short keeps what it measured)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     extra = [
         item for pair in (("--device", args.device), ("--dtype", args.dtype)) if pair[1] for item in pair
     ]
     with tempfile.TemporaryDirectory(prefix="wenzhen-serve-load-") as folder:
-        log_path = Path(folder) / "server.log"
-        with api_server(args.model, port, max(args.new_tokens, 128), log_path, extra) as server:
+        log_path = args.server_log or Path(folder) / "server.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        config = Path(folder) / "api.yaml"
+        with api_server(args.model, port, max(args.new_tokens, 128), log_path, config, extra) as server:
             ready_s = wait_until_healthy(base, server, log_path)
             process = psutil.Process(server.pid)
             first = asyncio.run(load_round(base, 1, 128, args.prompt_repeats))
-            rss_before, gpu_before = process.memory_info().rss, gpu_memory_mib()
-            rounds = []
+            warm = re.search(
+                r"warmed up in ([\d.]+) s", log_path.read_text(encoding="utf-8", errors="replace")
+            )
+            report: dict[str, Any] = {
+                "machine": machine(),
+                "model": str(args.model),
+                "new_tokens": args.new_tokens,
+                "seconds_to_healthy": ready_s,
+                "warm_up_s": float(warm.group(1)) if warm else None,
+                "first_answer_128_tokens_s": first["wall_s"],
+                "first_answer_ttft_ms": first["ttft_p50_ms"],
+                "rounds": [],
+                "server_rss_mib_before": process.memory_info().rss / 2**20,
+                "server_rss_mib_after": None,
+                "gpu_mib_before": gpu_memory_mib(),
+                "gpu_mib_after": None,
+                "idle_after": None,
+            }
+            write(report, args.results, args.suffix)
             for clients in args.clients:
-                rounds.append(asyncio.run(load_round(base, clients, args.new_tokens, args.prompt_repeats)))
-                print(json.dumps(rounds[-1]), flush=True)
+                report["rounds"].append(
+                    asyncio.run(load_round(base, clients, args.new_tokens, args.prompt_repeats))
+                )
+                print(json.dumps(report["rounds"][-1]), flush=True)
+                write(report, args.results, args.suffix)
             time.sleep(1)
-            rss_after, gpu_after = process.memory_info().rss, gpu_memory_mib()
             health = httpx.get(f"{base}/health", timeout=10).json()
-            log_text = log_path.read_text(encoding="utf-8", errors="replace")
-    if args.server_log:
-        args.server_log.write_text(log_text, encoding="utf-8")
-    warm = re.search(r"warmed up in ([\d.]+) s", log_text)
-    return {
-        "machine": machine(),
-        "model": str(args.model),
-        "new_tokens": args.new_tokens,
-        "seconds_to_healthy": ready_s,
-        "warm_up_s": float(warm.group(1)) if warm else None,
-        "first_answer_128_tokens_s": first["wall_s"],
-        "first_answer_ttft_ms": first["ttft_p50_ms"],
-        "rounds": rounds,
-        "server_rss_mib_before": rss_before / 2**20,
-        "server_rss_mib_after": rss_after / 2**20,
-        "gpu_mib_before": gpu_before,
-        "gpu_mib_after": gpu_after,
-        "idle_after": health["active"] == 0 and health["waiting"] == 0,
-    }
+            report |= {
+                "server_rss_mib_after": process.memory_info().rss / 2**20,
+                "gpu_mib_after": gpu_memory_mib(),
+                "idle_after": health["active"] == 0 and health["waiting"] == 0,
+            }
+    return report
 
 
 def write(report: dict[str, Any], results: Path, suffix: str) -> str:
     """The JSON and the markdown table; returns the markdown."""
     results.mkdir(parents=True, exist_ok=True)
     (results / f"serve_load{suffix}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    one = report["rounds"][0]["aggregate_tok_s"] if report["rounds"][0]["clients"] == 1 else None
+    rounds = report["rounds"]
+    one = rounds[0]["aggregate_tok_s"] if rounds and rounds[0]["clients"] == 1 else None
     lines = [
         f"# `wenzhen api` under streaming load — {report['machine']}",
         "",
@@ -251,7 +262,7 @@ def write(report: dict[str, Any], results: Path, suffix: str) -> str:
         f"- first 128-token answer after /health ok: {report['first_answer_128_tokens_s']:.2f} s "
         f"(first token {report['first_answer_ttft_ms']:.0f} ms)",
         f"- server RSS {report['server_rss_mib_before']:.0f} MiB before the rounds, "
-        f"{report['server_rss_mib_after']:.0f} MiB after; GPU {report['gpu_mib_before']} MiB before, "
+        f"{report['server_rss_mib_after'] or 0:.0f} MiB after; GPU {report['gpu_mib_before']} MiB before, "
         f"{report['gpu_mib_after']} MiB after; idle after: {report['idle_after']}",
         "",
         "| clients | prompt tokens | tokens | wall s | aggregate tok/s | x one client | per-client tok/s "
@@ -259,6 +270,8 @@ def write(report: dict[str, Any], results: Path, suffix: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rounds"]:
+        if r["ttft_p50_ms"] is None:  # no client got a first token
+            r = {**r, "ttft_p50_ms": float("nan"), "ttft_p95_ms": float("nan")}
         ratio = f"{r['aggregate_tok_s'] / one:.1f}" if one else "-"
         lines.append(
             f"| {r['clients']} | {r['prompt_tokens_mean']:.0f} | {r['completion_tokens']} | {r['wall_s']:.2f} | "
@@ -288,6 +301,8 @@ def main() -> None:
     parser.add_argument("--server-log", type=Path, help="also keep the server's output in this file")
     parser.add_argument("--suffix", default="", help="results file name suffix, e.g. -cpu")
     args = parser.parse_args()
+    # Stopped by a time limit (`timeout`): exit through the context managers, so the server goes down with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("serve_load: stopped by SIGTERM"))
     print(write(run(args), args.results, args.suffix))
 
 

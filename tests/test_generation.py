@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from wenzhen import generation
 from wenzhen.errors import WenzhenError
 from wenzhen.generation import ChatEngine, GenerationSettings, batch_buckets, window_buckets
 from wenzhen.models import load_model
@@ -39,6 +40,14 @@ def test_continuous_batching_gives_generates_tokens(tiny, settings):
         )
 
 
+def test_matmul_decode_attention_gives_generates_tokens(chatglm3_dir):
+    model = load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu")
+    expected = ChatEngine(model, static_cache=False).generate_token_ids(PROMPTS, GREEDY)
+    engine = ChatEngine(model, static_cache=True, max_batch=4, matmul_decode=True)
+    assert engine.generate_token_ids(PROMPTS, GREEDY) == expected
+    assert engine.generate_token_ids(PROMPTS[:1], GREEDY) == expected[:1]
+
+
 def test_a_request_joining_mid_decode_gets_its_own_answer(tiny):
     reference = ChatEngine(tiny, static_cache=False)
     settings = GenerationSettings(max_new_tokens=40, temperature=0)
@@ -55,6 +64,49 @@ def test_a_request_joining_mid_decode_gets_its_own_answer(tiny):
     assert [token for chunk in seen + rest for token in chunk] == alone[0]
     assert second[0] == alone[1][:12]
     assert engine.batcher.active == 0
+
+
+def _prefill_shapes(model):
+    """Record the (rows, width) of every forward over more than one token (a prefill); returns the list and the
+    hook's handle."""
+    shapes = []
+
+    def record(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            shapes.append(tuple(kwargs["input_ids"].shape))
+
+    return shapes, model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+def test_requests_arriving_together_are_prefilled_in_one_forward(tiny, monkeypatch):
+    reference = ChatEngine(tiny, static_cache=False)
+    prompts = [*PROMPTS, PROMPTS[0][:5]]
+    alone = [reference.generate_token_ids([p], GREEDY)[0] for p in prompts]
+    engine = ChatEngine(tiny, static_cache=True, max_batch=4)
+    shapes, hook = _prefill_shapes(tiny.model)
+    try:
+        assert engine.generate_token_ids(prompts, GREEDY) == alone
+        assert shapes == [(3, 8)]  # left-padded to the longest prompt
+        # Over the token budget, the rest wait for the next iteration (after a decode step), still exact.
+        shapes.clear()
+        monkeypatch.setattr(generation, "PREFILL_TOKENS", 16)
+        assert engine.generate_token_ids(prompts, GREEDY) == alone
+        assert shapes == [(2, 8), (1, 5)]
+    finally:
+        hook.remove()
+
+
+def test_warm_up_prefills_consultation_sized_prompts_that_fit(tiny):
+    engine = ChatEngine(tiny, static_cache=True, max_batch=4)
+    shapes, hook = _prefill_shapes(tiny.model)
+    try:
+        assert engine.warm_up() >= 0
+    finally:
+        hook.remove()
+    fitting = [n for n in generation.PREFILL_WARM_UP_LENGTHS if n < engine.max_context // 2]
+    assert fitting and shapes[1:] == [(1, n) for n in fitting]
+    assert shapes[0][0] == 2  # the first request: two prompts in one prefill
+    assert engine.batcher is not None and engine.batcher.active == 0
 
 
 def test_each_request_keeps_its_own_settings_and_seed(tiny):
@@ -103,7 +155,7 @@ def test_max_batch_defaults_from_the_memory_budget(tiny):
     engine = ChatEngine(tiny)
     assert 1 < engine.max_batch <= 64
     assert batch_buckets(engine.max_batch)[-1] == engine.max_batch
-    assert batch_buckets(24) == [1, 2, 4, 8, 16, 24]
+    assert batch_buckets(24) == [2, 4, 8, 16, 24] and batch_buckets(1) == [1] and batch_buckets(2) == [2]
     assert window_buckets(8192) == [1024, 4096, 8192] and window_buckets(512) == [512]
 
 

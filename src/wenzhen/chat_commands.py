@@ -87,5 +87,5 @@ def _chat(args: argparse.Namespace) -> int:
         return 0 if result is not None else 130
     with contextlib.suppress(ImportError):  # not on Windows
         import readline  # noqa: F401 - importing it gives input() line editing, CJK-aware erase and recall
-    warm_up(engine, 1, sys.stderr)  # one person types: the batch-1 step, compiled before the first question
+    warm_up(engine, 1, sys.stderr)  # one person types: the smallest step, compiled before the first question
     return run_repl(policy, engine, settings, system_prompt, show_stats=not args.no_stats)

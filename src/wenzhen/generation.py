@@ -52,6 +52,11 @@ MAX_BATCH = 64
 # a window (`window_buckets`), not the whole slot: SDPA's masked kernel walks the keys of one sequence and KV head
 # on one thread block, so a batch-1 step over all 8,192 positions of a 6B slot ran at 109 tokens/s on an H200.
 MIN_WINDOW = 1024
+# Requests that arrive together are prefilled in one forward of at most this many (padded) prompt tokens; the rest
+# wait for the next iteration, after a decode step, so the running answers stall for one such forward at most.
+PREFILL_TOKENS = 4096
+# Prompt lengths `ChatEngine.warm_up` prefills once (where they fit the context), for a fast first answer.
+PREFILL_WARM_UP_LENGTHS = (128, 512, 2048)
 TRANSFORMERS_DEFAULT_TOP_K = 50
 
 
@@ -152,9 +157,12 @@ class SlotKVCache:
     for a left-padded batch that starts together but not for requests that join a running batch at different
     lengths. Here each row writes its new key and value at its own position (one indexed store per layer), so the
     rows of one decode step can be at any length. Two modes, set by the batcher before each model call: `prefill`
-    writes one request's prompt into its slot and attends over the prompt alone; `decode` writes one token per row
-    of slots `0..batch-1` at `positions` and attends over the first `len(columns)` positions of the rows' slots
-    (the window: a step never reads the unused tail of a slot; the mask hides what a row has not reached).
+    writes the prompts of a left-padded batch of requests into their slots (`_PrefillPlan` says which token goes
+    where) and attends over the prompts alone; `decode` writes one token per row of slots `0..batch-1` at
+    `positions` and attends over the first `len(columns)` positions of the rows' slots (the window: a step never
+    reads the unused tail of a slot; the mask hides what a row has not reached). Each slot holds one position more
+    than `length`, so that no window is the whole slot: a window over the whole slot is a contiguous view, and the
+    compiler specialised the step on that (a recompilation per batch size, 30-60 s each on a 6B model).
     Implements the part of transformers' cache interface their attention layers call (`update`).
     """
 
@@ -162,11 +170,11 @@ class SlotKVCache:
         self, config: Any, slots: int, length: int, dtype: torch.dtype, device: torch.device
     ) -> None:
         layers, kv_heads, head_dim = kv_cache_shape(config)
-        shape = (slots, kv_heads, length, head_dim)
+        shape = (slots, kv_heads, length + 1, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.slots, self.length = slots, length
-        self.prefill_slot: int | None = None
+        self.prefill: _PrefillPlan | None = None
         self.positions: torch.Tensor | None = None
         self.columns: torch.Tensor | None = None
 
@@ -180,10 +188,10 @@ class SlotKVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values of layer `layer_idx`; return what the layer attends over."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if self.prefill_slot is not None:
-            length = key_states.shape[2]
-            keys[self.prefill_slot, :, :length] = key_states[0]
-            values[self.prefill_slot, :, :length] = value_states[0]
+        if self.prefill is not None:
+            plan = self.prefill
+            keys[plan.slots, :, plan.targets] = key_states[plan.rows, :, plan.sources]
+            values[plan.slots, :, plan.targets] = value_states[plan.rows, :, plan.sources]
             return key_states, value_states
         assert self.positions is not None and self.columns is not None
         batch, window = key_states.shape[0], self.columns.shape[0]
@@ -206,8 +214,13 @@ def kv_cache_shape(config: Any) -> tuple[int, int, int]:
 
 
 def batch_buckets(max_batch: int) -> list[int]:
-    """Batch sizes a decode step is compiled for: powers of two up to `max_batch`, and `max_batch` itself."""
-    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
+    """Batch sizes a decode step runs at: powers of two from 2 up to `max_batch`, and `max_batch` itself (1 only
+    when there is a single slot).
+
+    Why no bucket of 1: the compiler specialises a dimension of size 1, so a batch-1 step was a second compilation
+    (30-60 s of the warm-up for a 6B model), and one sequence decodes as fast in a batch of two (its free row reads
+    the same weights: on an H200 a step of 8 rows took 4.56 ms, one of 1 row 4.79 ms)."""
+    sizes = [1 << i for i in range(1, max_batch.bit_length()) if 1 << i <= max_batch] or [1]
     return sizes if sizes[-1] == max_batch else [*sizes, max_batch]
 
 
@@ -218,6 +231,46 @@ def window_buckets(length: int) -> list[int]:
     a window (the window is compiled as a dynamic size), a recompilation."""
     sizes = [size for size in (MIN_WINDOW << 2 * i for i in range(16)) if size < length]
     return [*sizes, length]
+
+
+@dataclass
+class _PrefillPlan:
+    """One forward over the prompts of several requests, left-padded to the longest (so every row's last token is
+    the batch's last column, the one whose logits are kept), and where each real token's key and value go: batch
+    row `rows[i]`, column `sources[i]` into slot `slots[i]` at position `targets[i]`."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    mask: torch.Tensor  # [batch, 1, query, key], True = attend
+    rows: torch.Tensor
+    sources: torch.Tensor
+    slots: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def build(cls, prompts: list[list[int]], slots: list[int], device: torch.device) -> "_PrefillPlan":
+        """The plan for `prompts` going into `slots`."""
+        width = max(len(prompt) for prompt in prompts)
+        pads = torch.tensor([width - len(prompt) for prompt in prompts])
+        input_ids = torch.zeros((len(prompts), width), dtype=torch.long)  # id 0 pads; the mask hides it
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        columns = torch.arange(width)
+        real = columns[None, :] >= pads[:, None]
+        causal = columns[:, None] >= columns[None, :]
+        # A padding position attends to itself alone: a query row with no key at all would give NaN.
+        mask = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool)[None]
+        rows, sources = real.nonzero(as_tuple=True)
+        plan = cls(
+            input_ids,
+            (columns[None, :] - pads[:, None]).clamp(min=0),
+            mask[:, None],
+            rows,
+            sources,
+            torch.tensor(slots)[rows],
+            sources - pads[rows],
+        )
+        return cls(*(getattr(plan, name).to(device) for name in plan.__dataclass_fields__))
 
 
 @dataclass(eq=False)
@@ -294,10 +347,16 @@ class ContinuousBatcher:
     """
 
     def __init__(
-        self, model: Any, slots: int, length: int, compile_step: bool, fuse_qkv: bool = True
+        self,
+        model: Any,
+        slots: int,
+        length: int,
+        compile_step: bool,
+        fuse_qkv: bool = True,
+        matmul_decode: bool = False,
     ) -> None:
         self.model = model
-        use_grouped_sdpa(model)
+        use_grouped_sdpa(model, matmul_decode)
         if fuse_qkv:
             fuse_qkv_projections(model)
         # transformers 5.24 renamed the model's `past_key_values` argument to `cache` (the old name warns).
@@ -352,7 +411,7 @@ class ContinuousBatcher:
             self.cache.mark_static()
         self.tokens = torch.zeros(self.slots, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(self.slots, dtype=torch.long, device=self.device)
-        self.columns = torch.arange(self.length, device=self.device)
+        self.columns = torch.arange(self.length + 1, device=self.device)  # + 1: see SlotKVCache
 
     def _run(self) -> None:
         if self.compiled:
@@ -379,8 +438,9 @@ class ContinuousBatcher:
             if alive:
                 chosen.append((alive, self._choose(logits, alive)))
             self.positions[: self._bucket(launched)] += 1
-        for request in self._admit(block=not chosen):
-            chosen.append(([request], self._prefill(request)))
+        admitted = self._admit(block=not chosen)
+        if admitted:
+            chosen.append((admitted, self._prefill(admitted)))
         if not chosen:
             return None
         for rows, tokens in chosen:  # each row's next input is the token just chosen for it
@@ -411,7 +471,8 @@ class ContinuousBatcher:
         return torch.tensor(slots, device=self.device)
 
     def _admit(self, block: bool) -> list[_Request]:
-        """Give free slots to waiting requests, oldest first (waiting for one when nothing runs)."""
+        """Give free slots to waiting requests, oldest first (waiting for one when nothing runs), as many as one
+        prefill of `PREFILL_TOKENS` padded tokens takes (at least one)."""
         while True:
             try:
                 item = self._incoming.get(block=block and not self._backlog)
@@ -426,27 +487,32 @@ class ContinuousBatcher:
             self._backlog.remove(request)  # cancelled while waiting: never prefilled
             request.out.put(None)
         admitted: list[_Request] = []
+        width = 0
         while self._backlog and None in self.rows:
+            width = max(width, len(self._backlog[0].prompt))
+            if admitted and width * (len(admitted) + 1) > PREFILL_TOKENS:
+                break
             request = self._backlog.popleft()
             request.slot = self.rows.index(None)
             self.rows[request.slot] = request
             admitted.append(request)
         return admitted
 
-    def _prefill(self, request: _Request) -> torch.Tensor:
-        """Run the prompt into the request's slot; its first token."""
+    def _prefill(self, requests: list[_Request]) -> torch.Tensor:
+        """Run the prompts into the requests' slots in one forward; each request's first token.
+
+        Why one forward: requests arriving together (eight patients sending at once) were prefilled one after
+        another, so the last one's first token waited for all the others' prompts; one forward over all of them
+        reads the weights once and fills the GPU."""
         assert self.cache is not None
-        length = len(request.prompt)
-        ids = torch.tensor([request.prompt], device=self.device)
-        positions = torch.arange(length, device=self.device)
-        causal = torch.ones((length, length), dtype=torch.bool, device=self.device).tril()
-        self.cache.prefill_slot = request.slot
+        plan = _PrefillPlan.build([r.prompt for r in requests], [r.slot for r in requests], self.device)
+        self.cache.prefill = plan
         try:
             logits = (
                 self.model(
-                    input_ids=ids,
-                    position_ids=positions[None],
-                    attention_mask=causal[None, None],
+                    input_ids=plan.input_ids,
+                    position_ids=plan.position_ids,
+                    attention_mask=plan.mask,
                     **{self.cache_argument: self.cache},
                     use_cache=True,
                     logits_to_keep=1,
@@ -455,15 +521,17 @@ class ContinuousBatcher:
                 .float()
             )
         finally:
-            self.cache.prefill_slot = None
-        settings = request.settings
-        request.processors = settings.logits_processors(self.top_k)
-        if settings.seed is not None:
-            request.generator = torch.Generator(self.device).manual_seed(settings.seed)
-        if settings.repetition_penalty != 1.0:
-            request.sequence = ids
-        self.positions[request.slot] = length
-        return self._choose(logits, [request], rows_are_slots=False)
+            self.cache.prefill = None
+        for request in requests:
+            settings = request.settings
+            request.processors = settings.logits_processors(self.top_k)
+            if settings.seed is not None:
+                request.generator = torch.Generator(self.device).manual_seed(settings.seed)
+            if settings.repetition_penalty != 1.0:
+                request.sequence = torch.tensor([request.prompt], device=self.device)
+        lengths = torch.tensor([len(r.prompt) for r in requests], device=self.device)
+        self.positions[self._slot_index(requests)] = lengths
+        return self._choose(logits, requests, rows_are_slots=False)
 
     def _decode_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor
@@ -492,8 +560,8 @@ class ContinuousBatcher:
         tokens, positions, columns = self.tokens[:bucket], self.positions[:bucket], self.columns[:window]
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
-            # One compilation serves every batch size above 1 (size 1 is specialised) and every window; CUDA
-            # graphs are then recorded per (batch bucket, window).
+            # One compilation serves every batch bucket (a bucket of 1 exists only with a single slot) and every
+            # window; CUDA graphs are then recorded per (batch bucket, window).
             if bucket > 1:
                 torch._dynamo.maybe_mark_dynamic(tokens, 0)
                 torch._dynamo.maybe_mark_dynamic(positions, 0)
@@ -501,17 +569,14 @@ class ContinuousBatcher:
         return self.step(tokens, positions, columns)
 
     def record_graphs(self, max_batch: int, progress: Callable[[str], None] | None) -> None:
-        """Compile the step and record its CUDA graphs for every batch bucket up to `max_batch` and every window
-        (runs on the batcher thread, when no request is decoding: the steps write only into free slots)."""
+        """Record the step's CUDA graphs for every batch bucket that `max_batch` rows need and every window (runs
+        on the batcher thread, when no request is decoding: the steps write only into free slots)."""
         if any(row is not None for row in self.rows):
             return
-        started = time.perf_counter()
-        for bucket in [size for size in self.buckets if size <= max_batch]:
+        needed = next((size for size in self.buckets if size >= max_batch), self.buckets[-1])
+        for bucket in [size for size in self.buckets if size <= needed]:
             if progress is not None:
-                elapsed = time.perf_counter() - started
-                progress(
-                    f"warming up: batch {bucket} of {max_batch}, windows up to {self.length} ({elapsed:.0f} s)"
-                )
+                progress(f"warming up: CUDA graphs for batch {bucket} of {needed}, windows {self.windows}")
             for window in self.windows:
                 for _ in range(3):  # cudagraph trees: a warm-up run, the recording, a first replay
                     self._step_at(bucket, window)
@@ -609,9 +674,13 @@ class ChatEngine:
         static_cache: bool | None = None,
         max_batch: int | None = None,
         fuse_qkv: bool = True,
+        matmul_decode: bool = False,
     ) -> None:
         self.loaded = loaded
         self.fuse_qkv = fuse_qkv
+        # Decode attention through two matmuls instead of SDPA (`models.attention.matmul_decode_attention`);
+        # opt-in until measured on a GPU (benchmarks/generate_speed.py, variant wenzhen-matmul).
+        self.matmul_decode = matmul_decode
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.family = loaded.family
@@ -727,7 +796,12 @@ class ChatEngine:
             if self.batcher is None:
                 length = self.max_context
                 self.batcher = ContinuousBatcher(
-                    self.model, self.max_batch, length, self.device.type == "cuda", self.fuse_qkv
+                    self.model,
+                    self.max_batch,
+                    length,
+                    self.device.type == "cuda",
+                    self.fuse_qkv,
+                    self.matmul_decode,
                 )
             stop_ids = frozenset(self.stop_ids)
             requests = [_Request(prompt, settings, stop_ids, stop_event) for prompt in prompts]
@@ -845,21 +919,35 @@ class ChatEngine:
         started = time.perf_counter()
         if not self.static_cache:
             return 0.0
-        if progress is not None:
-            progress("warming up: a first request (compiles the decode step on GPU)")
+
+        def say(line: str) -> None:  # every line with the seconds since the warm-up began
+            if progress is not None:
+                progress(f"{line} ({time.perf_counter() - started:.0f} s)")
+
+        say("warming up: a first request (compiles the decode step on GPU)")
         prompt = self.encode([{"role": "user", "content": "你好"}])
         settings = GenerationSettings(max_new_tokens=4, temperature=0)
         limit = min(max_batch or self.max_batch, self.max_batch)
         saved, self.stop_ids = self.stop_ids, []  # decode the same number of tokens every time
         try:
-            # Real requests at batch 1 and 2 compile the step (size 1 is specialised) and run a prefill.
+            # A real request compiles the step, once for every batch bucket and window.
             self.generate_token_ids([prompt] * min(2, limit), settings)
+            batcher = self.batcher
+            assert batcher is not None
+            if batcher.compiled:
+                say("warming up: the decode step is compiled")
+                batcher.call_on_thread(lambda: batcher.record_graphs(limit, say))
+            say(
+                f"warming up: prefills of {', '.join(map(str, PREFILL_WARM_UP_LENGTHS))} tokens where they fit"
+            )
+            # Prefills of consultation-sized prompts, so that the first real prompt finds the kernels for its size
+            # loaded and the allocator grown (the first answer after /health had its first token after 750 ms).
+            for length in PREFILL_WARM_UP_LENGTHS:
+                if length < self.max_context // 2:
+                    ids = (prompt * (length // len(prompt) + 1))[:length]
+                    self.generate_token_ids([ids], settings.model_copy(update={"max_new_tokens": 1}))
         finally:
             self.stop_ids = saved
-        batcher = self.batcher
-        assert batcher is not None
-        if batcher.compiled:
-            batcher.call_on_thread(lambda: batcher.record_graphs(limit, progress))
         return time.perf_counter() - started
 
     @torch.inference_mode()

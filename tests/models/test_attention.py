@@ -5,7 +5,13 @@ import torch
 from transformers import StaticCache
 
 from wenzhen.models import load_model
-from wenzhen.models.attention import GROUPED_SDPA, fuse_qkv_projections, use_grouped_sdpa
+from wenzhen.models.attention import (
+    GROUPED_MATMUL_DECODE,
+    GROUPED_SDPA,
+    fuse_qkv_projections,
+    matmul_decode_attention,
+    use_grouped_sdpa,
+)
 
 
 def prefill_and_step(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +48,54 @@ def test_same_logits_as_transformers_sdpa(chatglm3_dir):
     assert use_grouped_sdpa(model)
     assert model.config._attn_implementation == GROUPED_SDPA
     for ours, theirs in zip(prefill_and_step(model), reference, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_one_token_attention_equals_sdpa_with_the_same_mask(batch):
+    torch.manual_seed(0)
+    heads, kv_heads, window, dim = 8, 2, 40, 16
+    query = torch.randn(batch, heads, 1, dim)
+    key, value = torch.randn(2, batch, kv_heads, window, dim)
+    reached = torch.tensor([17, 39])[:batch]  # each row has reached its own position; later keys are garbage
+    mask = (torch.arange(window)[None, :] <= reached[:, None])[:, None, None, :]
+    # One query per row takes the two-matmul path; it equals plain SDPA over repeated key/value heads.
+    ours, _ = matmul_decode_attention(torch.nn.Module().eval(), query, key, value, mask, scaling=0.25)
+    repeated = {"dim": 1, "repeats": heads // kv_heads}
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key.repeat_interleave(**repeated),
+        value.repeat_interleave(**repeated),
+        attn_mask=mask,
+        scale=0.25,
+    ).transpose(1, 2)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def batch_one_step(model) -> torch.Tensor:
+    """Logits of one decode step of one sequence over a static cache (a boolean mask hides its unused tail)."""
+    ids = torch.randint(100, 60000, (1, 9), generator=torch.Generator().manual_seed(1))
+    cache = StaticCache(config=model.config, max_cache_len=32)
+    mask = torch.zeros(1, 32, dtype=torch.long)
+    mask[:, :10] = 1
+    with torch.no_grad():
+        model(
+            input_ids=ids, attention_mask=mask[:, :9], past_key_values=cache, cache_position=torch.arange(9)
+        )
+        return model(
+            input_ids=ids[:, -1:],
+            attention_mask=mask,
+            past_key_values=cache,
+            cache_position=torch.tensor([9]),
+        ).logits
+
+
+def test_matmul_decode_gives_transformers_logits(chatglm3_dir):
+    model = load_model(chatglm3_dir / "tiny-chatglm3", dtype="fp32", device="cpu").model
+    expected = [batch_one_step(model), *prefill_and_step(model)]
+    assert use_grouped_sdpa(model, matmul_decode=True)
+    assert model.config._attn_implementation == GROUPED_MATMUL_DECODE
+    for ours, theirs in zip([batch_one_step(model), *prefill_and_step(model)], expected, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 

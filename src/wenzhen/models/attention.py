@@ -6,8 +6,9 @@ Generation over a static KV cache always has a mask, so for ChatGLM3-6B (32 quer
 every layer of every decode step copied its whole cache 16 times: 0.27 ms of a 6.1 ms step on an H100
 (benchmarks/results/generate_speed.md). Folding the 16 query heads of a group into the query-length axis gives
 the same attention with the cache read once: query head h uses key/value head h // groups either way, and the
-mask, which depends only on the query position and the key, is repeated per folded row. Registered with
-transformers' `AttentionInterface` under its own name; the mask is transformers' SDPA mask.
+mask, which depends only on the query position and the key, is repeated per folded row. A decode step (one query
+per row) can go through two matrix multiplies instead of an SDPA kernel (`matmul_decode_attention`, opt-in).
+Registered with transformers' `AttentionInterface` under its own name; the mask is transformers' SDPA mask.
 """
 
 import sys
@@ -22,6 +23,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 GROUPED_SDPA = "wenzhen_grouped_sdpa"
+GROUPED_MATMUL_DECODE = "wenzhen_grouped_matmul_decode"
 
 
 def grouped_sdpa_attention(
@@ -55,17 +57,62 @@ def grouped_sdpa_attention(
     return output.reshape(batch, heads, length, dim).transpose(1, 2).contiguous(), None
 
 
-def use_grouped_sdpa(model: Any) -> bool:
-    """Switch a model that attends through SDPA with grouped key/value heads to `grouped_sdpa_attention`;
-    True when switched."""
+def matmul_decode_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """`grouped_sdpa_attention`, except that rows of one new token under a boolean mask (decode steps) attend
+    through `one_token_attention`. Opt-in (`use_grouped_sdpa(model, matmul_decode=True)`): faster on paper, but
+    not yet measured on a GPU, nor its compilation over dynamic batch sizes and windows."""
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    if length != 1 or attention_mask is None or attention_mask.dtype != torch.bool or heads == kv_heads:
+        return grouped_sdpa_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    folded = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    return one_token_attention(folded, key, value, attention_mask, scaling), None
+
+
+def one_token_attention(
+    folded: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scaling: float | None
+) -> torch.Tensor:
+    """Attention of one new token (the query heads of each key/value group folded into `folded`'s length axis,
+    [batch, kv_heads, groups, dim]) over a boolean [batch, 1, 1, keys] mask: scores and weighted sum as two
+    matrix multiplies, the softmax in fp32; [batch, 1, heads, dim] like transformers' attention functions.
+
+    Why for decoding: SDPA's kernels (cuDNN's flash kernel on an H200, the memory-efficient one elsewhere) give
+    one thread block to the 16 folded queries of a key/value head and walk the keys one tile after another: at
+    batch 1, ChatGLM3-6B's 2 key/value heads ran on 2 of 132 multiprocessors, 25 us per layer over a 1,024-key
+    window, 0.71 ms of a 4.8 ms step (benchmarks/results/generate_speed-h200.md, profile); at batch 32, 64 blocks
+    each walk the same 1,024 keys. Two matrix multiplies spread the keys over the GPU; FlexAttention's decoding
+    kernel, tried instead at batch 1, was slower still (163 against 209 tokens/s)."""
+    batch, kv_heads, groups, dim = folded.shape
+    scale = scaling if scaling is not None else dim**-0.5
+    scores = torch.matmul(folded, key.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).to(value.dtype)
+    output = torch.matmul(weights, value)
+    return output.reshape(batch, kv_heads * groups, 1, dim).transpose(1, 2).contiguous()
+
+
+def use_grouped_sdpa(model: Any, matmul_decode: bool = False) -> bool:
+    """Switch a model that attends through SDPA with grouped key/value heads to `grouped_sdpa_attention` (or
+    `matmul_decode_attention` with `matmul_decode`); True when switched."""
     config = model.config
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    if config._attn_implementation != "sdpa" or not heads or heads == kv_heads:
+    ours = (GROUPED_SDPA, GROUPED_MATMUL_DECODE)
+    if config._attn_implementation not in ("sdpa", *ours) or not heads or heads == kv_heads:
         return False
-    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED_SDPA, sdpa_mask)
-    model.set_attn_implementation(GROUPED_SDPA)
+    name = GROUPED_MATMUL_DECODE if matmul_decode else GROUPED_SDPA
+    AttentionInterface.register(name, matmul_decode_attention if matmul_decode else grouped_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+    model.set_attn_implementation(name)
     return True
 
 
