@@ -346,16 +346,23 @@ class PairLengths:
 
 
 def plan_preference_performance(
-    config: "TrainConfig", hardware: Hardware | None, pairs: list[PairLengths], world: int, paired: bool
+    config: "TrainConfig",
+    hardware: Hardware | None,
+    pairs: list[PairLengths],
+    world: int,
+    paired: bool,
+    logits_bytes_per_token: int = 0,
 ) -> tuple["TrainConfig", SpeedPlan]:
     """The speed settings of a preference run, resolved like `plan_performance` does for SFT.
 
     TRL trains pairs as padded batches of 2 x pairs sequences (chosen and rejected, no packing), so the choice is
     how many pairs per micro-batch, and checkpointing: on a GPU (`row_tokens` auto), the optimizer step keeps
     `step_tokens` of prompt + chosen + rejected tokens (or the recipe's pairs per step) and is split into the
-    fewest micro-batches whose worst case (every pair padded to the longest sequence, which TRL's length-grouped
-    order puts first) fits the memory model; compiled where Triton is present. KTO (single answers with TRL's KL
-    completions, in its own fixed order) and the CPU run the recipe as written.
+    fewest micro-batches whose worst case (every pair padded to the longest sequence, which the length-grouped
+    order puts first) fits the memory model; compiled where Triton is present. The CPU runs the recipe's batches as
+    written. Pairs always train in length-grouped batches (less padding); KTO (single answers with TRL's KL
+    completions, in its own fixed order) runs as written. `logits_bytes_per_token`: memory a
+    trainer that materialises the full vocabulary logits needs on top of the model's activations (TRL's ORPO).
     """
     speed, args = config.performance, config.training_args
     batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
@@ -385,7 +392,9 @@ def plan_preference_performance(
             fitting = [
                 size
                 for size in range(1, target + 1)
-                if estimate_peak_gib(hardware, 2 * size * longest, option, compiled) <= hardware.usable_gib
+                if estimate_peak_gib(hardware, 2 * size * longest, option, compiled)
+                + 2 * size * longest * logits_bytes_per_token / 2**30
+                <= hardware.usable_gib
             ]
             if fitting:
                 size = max(fitting)
@@ -395,7 +404,12 @@ def plan_preference_performance(
                 choices.append((rate, -steps, option, size, steps))
         if choices:
             _, _, checkpointing, batch, accumulation = max(choices)
-            peak = round(estimate_peak_gib(hardware, 2 * batch * longest, checkpointing, compiled), 1)
+            worst = 2 * batch * longest
+            peak = (
+                estimate_peak_gib(hardware, worst, checkpointing, compiled)
+                + worst * logits_bytes_per_token / 2**30
+            )
+            peak = round(peak, 1)
             why.append(
                 f"{target * world} pairs per step ({'step_tokens' if speed.step_tokens else 'the recipe'}, "
                 f"{mean_pair:.0f} prompt+answer tokens a pair) as {accumulation} micro-batch(es) of {batch} pairs "
@@ -427,6 +441,6 @@ def plan_preference_performance(
         estimated_peak_gib=peak,
         estimated_tokens_per_second=None,
         reason="; ".join(why),
-        length_grouped=bool(choices) if hardware is not None and paired else False,
+        length_grouped=paired,
     )
     return resolved, plan

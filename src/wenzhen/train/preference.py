@@ -150,7 +150,8 @@ class PreferenceReport:
 
     kept: int = 0
     skipped: int = 0
-    tokens: int = 0
+    tokens: int = 0  # prompt + chosen + rejected, each prompt once
+    sequence_tokens: int = 0  # what the model reads: prompt + chosen and prompt + rejected
     problems: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # per kept example
 
@@ -207,6 +208,9 @@ def encode_examples(
         report.kept += 1
         report.kinds.append(example.kind)
         report.tokens += len(prompt_ids) + len(chosen) + len(rejected or [])
+        report.sequence_tokens += (
+            len(prompt_ids) + len(chosen) + (len(prompt_ids) + len(rejected) if rejected else 0)
+        )
     return rows, report
 
 
@@ -318,6 +322,7 @@ class PreferenceObjective:
     paired: bool
     build: Callable[..., Any]
     uses_reference: bool = True
+    full_logits: bool = False  # the trainer materialises (sequences, positions, vocabulary) logits
 
 
 def as_datasets(
@@ -436,7 +441,10 @@ def _kto_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
 
 OBJECTIVES: Registry[PreferenceObjective] = Registry("preference objective")
 OBJECTIVES.add("dpo", PreferenceObjective("dpo", paired=True, build=_dpo_trainer))
-OBJECTIVES.add("orpo", PreferenceObjective("orpo", paired=True, build=_orpo_trainer, uses_reference=False))
+OBJECTIVES.add(
+    "orpo",
+    PreferenceObjective("orpo", paired=True, build=_orpo_trainer, uses_reference=False, full_logits=True),
+)
 OBJECTIVES.add("kto", PreferenceObjective("kto", paired=False, build=_kto_trainer))
 
 
@@ -495,7 +503,11 @@ def prepare_policy(
 
 
 def plan_speed(
-    config: TrainConfig, loaded: LoadedModel, rows: list[dict[str, Any]], device: torch.device, paired: bool
+    config: TrainConfig,
+    loaded: LoadedModel,
+    rows: list[dict[str, Any]],
+    device: torch.device,
+    objective: PreferenceObjective,
 ) -> tuple[TrainConfig, SpeedPlan]:
     """The run's speed settings for this GPU and these pairs (`plan_preference_performance`)."""
     hardware = None
@@ -505,9 +517,13 @@ def plan_speed(
     lengths = [
         PairLengths(len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"]), row["length"])
         for row in rows
-        if paired
+        if objective.paired
     ]
-    return plan_preference_performance(config, hardware, lengths, world_size(), paired)
+    # Full logits: bf16 logits and their gradient, fp32 log-softmax and its gradient, a token each.
+    vocabulary = loaded.model.get_output_embeddings().weight.shape[0] if objective.full_logits else 0
+    return plan_preference_performance(
+        config, hardware, lengths, world_size(), objective.paired, vocabulary * 12
+    )
 
 
 @dataclass
@@ -578,7 +594,7 @@ def train_preference(
     output_dir = Path(config.training_args.output_dir)
     loaded = load_base(model_dir, config, device)
     data = encode_splits(data_dir, config, loaded, objective.paired)
-    config, plan = plan_speed(config, loaded, data.train_rows, device, objective.paired)
+    config, plan = plan_speed(config, loaded, data.train_rows, device, objective)
     attention = choose_attention(loaded.model, device, config.performance.attention, packed=False)
     log.info("%s", describe(plan, attention))
     policy, reference = prepare_policy(loaded, model_dir, config, device, objective.uses_reference)
@@ -619,7 +635,7 @@ def train_preference(
         policy.delete_adapter(REFERENCE_ADAPTER)  # type: ignore[operator]  # the reference is not the result
     final = save_final(trainer, output_dir)
     summary = summarise(
-        trainer, config, objective.name, data.reports["train"], seconds, device, final, before, after
+        trainer, config, objective.name, data.reports["train"], seconds, device, final, before, after, clock
     )
     if trainer.args.should_save:
         write_json(output_dir / SUMMARY_FILE, summary)
@@ -670,9 +686,16 @@ def summarise(
     final: Path,
     before: dict[str, float],
     after: dict[str, float],
+    clock: StepClock,
 ) -> dict[str, Any]:
-    """summary.json: the SFT summary's keys plus the preference metrics."""
+    """summary.json: the SFT summary's keys plus the preference metrics.
+
+    Rates: `pair_tokens_per_second` over the whole run (prompt + chosen + rejected, each prompt once);
+    `steady_tokens_per_second` the tokens the model read (each prompt once per answer, padding left out) per second
+    after the first steps (StepClock); `steady_pair_tokens_per_second` that rate x the data's ratio of the two counts.
+    """
     rows = read_metrics(Path(trainer.args.output_dir) / METRICS_FILE)
+    steady = clock.tokens_per_second
     losses = [row["loss"] for row in rows if "loss" in row]
     evals = [row for row in rows if "eval_loss" in row]
     trainable, total = count_parameters(trainer.model)
@@ -687,6 +710,10 @@ def summarise(
         "pair_tokens": int(report.tokens * epochs),
         "train_seconds": round(seconds, 3),
         "pair_tokens_per_second": round(report.tokens * epochs / seconds, 1) if seconds > 0 else 0.0,
+        "steady_tokens_per_second": round(steady, 1) if steady is not None else None,
+        "steady_pair_tokens_per_second": round(steady * report.tokens / report.sequence_tokens, 1)
+        if steady is not None and report.sequence_tokens
+        else None,
         "first_loss": round(losses[0], 6) if losses else None,
         "final_loss": round(losses[-1], 6) if losses else None,
         "final_eval_loss": round(evals[-1]["eval_loss"], 6) if evals else None,
@@ -711,7 +738,12 @@ def format_preference_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"trained {summary['objective']} ({summary['method']}) for {summary['steps']} steps on "
         f"{summary['train_pairs']} examples in {summary['train_seconds']:.1f} s "
-        f"({summary['pair_tokens_per_second']:,.0f} prompt+answer tokens/s)",
+        f"({summary['pair_tokens_per_second']:,.0f} prompt+answer tokens/s overall"
+        + (
+            f", {summary['steady_pair_tokens_per_second']:,.0f} steady)"
+            if summary.get("steady_pair_tokens_per_second") is not None
+            else ")"
+        ),
         f"loss {summary['first_loss']} -> {summary['final_loss']}",
     ]
     for kind, after_kind in (after.get("by_kind") or {}).items():
