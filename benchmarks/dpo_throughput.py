@@ -48,8 +48,9 @@ ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def prepare_data(corpus: list[Path], work: Path, seed: int) -> Path:
-    """WORK/data: `wenzhen data prepare` on the corpus, then sft.jsonl (its conversations) and pairs.jsonl."""
+def prepare_data(corpus: list[Path], work: Path, seed: int, limit: int) -> Path:
+    """WORK/data: `wenzhen data prepare` on the corpus, then sft.jsonl (its first `limit` conversations) and
+    pairs.jsonl (from the same conversations)."""
     data = work / "data"
     if not (data / "train.jsonl").is_file():
         command = [sys.executable, "-m", "wenzhen", "data", "prepare", *map(str, corpus), "--out", str(data)]
@@ -190,12 +191,18 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/dpo-throughput"))
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the 3 warm-up steps")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=1200,
+        help="conversations (and pairs) encoded: enough for the timed steps",
+    )
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test at tiny size")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dpo_throughput")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(args.corpus, args.work, seed=0)
+    data = prepare_data(args.corpus, args.work, seed=0, limit=args.limit)
     model = args.work / "model"
     build_model(args.config, args.tokenizer, model, args.device)
     report: dict[str, Any] = {
