@@ -45,6 +45,13 @@ ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dpo": ("dpo.yaml", "pairs.jsonl", {"performance.step_tokens": STEP_TOKENS}),
     "orpo": ("orpo.yaml", "pairs.jsonl", {"performance.step_tokens": STEP_TOKENS}),
     "dpo-recipe-step": ("dpo.yaml", "pairs.jsonl", {}),
+    # The breakdown: the same as `dpo` with the reference log-probabilities computed before training (not timed),
+    # so its steady rate is the policy's forward + backward alone.
+    "dpo-without-reference-pass": (
+        "dpo.yaml",
+        "pairs.jsonl",
+        {"performance.step_tokens": STEP_TOKENS, "preference.precompute_ref_log_probs": True},
+    ),
 }
 
 
@@ -171,6 +178,17 @@ def write_report(report: dict[str, Any], out: Path) -> None:
             f"| {name} | `{row['config']}` | {rate:,.0f}{unit} | {ratio} | {seconds:.2f} (wall incl. load) | "
             f"{row['peak_gpu_gib']} | {described} |"
         )
+    dpo = runs.get("dpo") or {}
+    if dpo.get("tokens_per_second") and dpo.get("sequence_tokens_per_second"):
+        share = dpo["tokens_per_second"] / dpo["sequence_tokens_per_second"]
+        lines += [
+            "",
+            f"Breakdown: TRL reads each prompt once per answer, so prompt+chosen+rejected tokens are {share:.3f} of the "
+            "tokens the model reads; per token read, DPO runs the policy forward + backward (as SFT: 4N FLOPs with "
+            "frozen base weights) plus the reference forward (2N), 1.5x SFT's arithmetic. At SFT's efficiency the "
+            f"ceiling is {share:.3f} x 2/3 = {share * 2 / 3:.3f} of the SFT rate. `dpo-without-reference-pass` is "
+            "the loop with the reference log-probabilities computed before training (that pass not timed).",
+        ]
     lines += ["", "Plans:", ""] + [
         f"- {name}: {(row.get('plan') or {}).get('reason', '')}"
         for name, row in runs.items()
