@@ -263,8 +263,9 @@ PREFERENCE_KEYS = {
 
 
 class PreferenceConfig(StrictModel):
-    """`preference`: settings of `method: dpo`, `orpo` or `kto` (TRL's DPOConfig / ORPOConfig / KTOConfig names and
-    defaults); a key the method does not read is an error."""
+    """`preference`: settings of `method: dpo`, `orpo` or `kto`, with TRL's names and defaults.
+
+    A key the method does not read (see PREFERENCE_KEYS) is an error, not something to ignore."""
 
     tuning: Literal["lora", "qlora", "full"] | None = Field(
         default=None,
