@@ -30,7 +30,14 @@ def test_official_configs_load_unchanged(name: str, method: str, caplog: pytest.
 @pytest.mark.parametrize("name", ["lora", "ptuning_v2", "sft", "dpo", "orpo", "kto"])
 def test_shipped_configs_load(name: str):
     config = load_train_config(REPO / "configs" / f"{name}.yaml")
-    methods = {"lora": "lora", "ptuning_v2": "ptuning_v2", "sft": "full", "dpo": "lora", "orpo": "lora", "kto": "lora"}
+    methods = {
+        "lora": "lora",
+        "ptuning_v2": "ptuning_v2",
+        "sft": "full",
+        "dpo": "lora",
+        "orpo": "lora",
+        "kto": "lora",
+    }
     assert config.method_name == methods[name]
     assert config.objective == (name if name in ("dpo", "orpo", "kto") else "sft")
     assert config.truncation == "keep_eos"
@@ -53,7 +60,7 @@ def test_preference_settings_are_checked_against_the_method():
     assert (full.method_name, full.objective) == ("full", "kto")
     qlora = TrainConfig.model_validate({**base, "method": "dpo", "preference": {"tuning": "qlora"}})
     assert qlora.method_name == "qlora"
-    with pytest.raises(ValidationError, match="preference.loss_type do not apply to method orpo"):
+    with pytest.raises(ValidationError, match=r"preference\.loss_type do not apply to method orpo"):
         TrainConfig.model_validate({**base, "method": "orpo", "preference": {"loss_type": "ipo"}})
     # A dumped config (run.json) carries every key at its default: that loads back.
     dumped = TrainConfig.model_validate({**base, "method": "orpo"}).model_dump(mode="json")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from wenzhen.cli import main
 from wenzhen.config import validate_config
@@ -14,6 +15,8 @@ from wenzhen.io import read_jsonl, write_jsonl
 from wenzhen.models import load_model
 from wenzhen.models.chatglm3 import ChatGLM3Family
 from wenzhen.runinfo import read_run_info
+from wenzhen.serve.api import create_app
+from wenzhen.serve.config import ServingConfig
 from wenzhen.train.callbacks import read_metrics
 from wenzhen.train.config import TrainConfig
 from wenzhen.train.encoding import IGNORE, encode_conversation
@@ -221,6 +224,16 @@ def test_chatglm3_dpo_adapter_merges_verifies_and_answers(chatglm3_dir: Path, tm
         [[{"role": "user", "content": "孩子发烧怎么办"}]], GenerationSettings(max_new_tokens=4, temperature=0)
     )[0]
     assert answer.text is not None
+    # Served as an SFT adapter is: the adapter folder itself (its run.json names the base) behind the API.
+    served = ChatEngine(load_model(out / "final", device="cpu", dtype="fp32"))
+    config = ServingConfig.model_validate(
+        {"limits": {"default_max_tokens": 4}, "generation": {"temperature": 0}}
+    )
+    with TestClient(create_app(served, config, "wenzhen-dpo", None)) as client:
+        reply = client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "孩子发烧怎么办"}]}
+        )
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["role"] == "assistant"
 
 
 def test_orpo_through_the_cli_with_the_shipped_config_prefers_the_chosen_answers(

@@ -327,7 +327,10 @@ def plan_performance(
 
 def describe(plan: SpeedPlan, attention: str) -> str:
     """The one line logged at the start of a run."""
-    rows = f"rows of {plan.row_tokens} tokens" if plan.row_tokens else "samples concatenated per batch"
+    if plan.length_grouped:
+        rows = "preference pairs in length-grouped padded batches"
+    else:
+        rows = f"rows of {plan.row_tokens} tokens" if plan.row_tokens else "samples concatenated per batch"
     return (
         f"performance: {rows}, batch {plan.per_device_train_batch_size} x {plan.gradient_accumulation_steps} "
         f"accumulated, checkpointing {'on' if plan.gradient_checkpointing else 'off'}, "

@@ -376,7 +376,6 @@ def orpo_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _orpo_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) -> Any:
-
     with warnings.catch_warnings():
         # TRL 1.16 ships ORPO only under trl.experimental, which warns on import that the API may change. wenzhen pins
         # TRL's version (pyproject.toml) and its tests train through this trainer, so the notice is not the user's.
@@ -586,7 +585,6 @@ def train_preference(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Align `model_dir` on the preference data of `data_dir`; write the run folder and return the summary."""
-
     from wenzhen.train.trainer import save_final, training_device
 
     objective = OBJECTIVES.get(config.objective)
