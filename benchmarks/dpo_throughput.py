@@ -79,7 +79,8 @@ def prepare_data(corpus: list[Path], work: Path, seed: int, limit: int) -> Path:
 
 
 def build_model(config: Path, tokenizer: Path, folder: Path, device: str) -> None:
-    """Random bf16 weights of the official shapes, saved natively with the tokenizer (once)."""
+    """Random bf16 weights of the official shapes, saved natively with the tokenizer (once; train_targets.py saves
+    the same model, so `--model` can reuse its folder)."""
     if (folder / "config.json").is_file():
         return
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -145,6 +146,25 @@ def run_row(name: str, data: Path, model: Path, args: argparse.Namespace) -> dic
     return row
 
 
+def sft_from_file(path: Path, name: str | None) -> dict[str, Any]:
+    """The SFT row of benchmarks/train_targets.py's results written earlier in the same device call: `name`, or the
+    shipped lora.yaml on one GPU."""
+    runs = json.loads(path.read_text())["runs"]
+    if name is None:
+        name = next((key for key in runs if key.startswith("shipped lora.yaml, 1 GPU (")), None)
+    if name not in runs or "error" in runs[name]:
+        raise SystemExit(f"{path} has no usable row {name!r}; rows: {', '.join(runs)}")
+    row = runs[name]
+    return {
+        "config": f"{name} (benchmarks/train_targets.py, same device call: {path.name})",
+        "steps": 1,
+        "wall_seconds": row.get("process_seconds") or 0.0,
+        "peak_gpu_gib": round(row["peak_gpu_gib"], 2),
+        "plan": row.get("plan"),
+        "tokens_per_second": row["tokens_per_second"],
+    }
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
     """OUT.json and OUT.md (rewritten after every row)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +195,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         unit = "" if name == "sft" else " (prompt+chosen+rejected)"
         seconds = row["wall_seconds"] / max(row["steps"], 1)
         lines.append(
-            f"| {name} | `{row['config']}` | {rate:,.0f}{unit} | {ratio} | {seconds:.2f} (wall incl. load) | "
+            f"| {name} | `{row['config']}` | {rate:,.0f}{unit} | {ratio} | {seconds:.2f} (wall incl. load, "
+            "compile) | "
             f"{row['peak_gpu_gib']} | {described} |"
         )
     dpo = runs.get("dpo") or {}
@@ -216,12 +237,21 @@ def main() -> None:
         help="conversations (and pairs) encoded: enough for the timed steps",
     )
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test at tiny size")
+    parser.add_argument(
+        "--model", type=Path, help="an already saved random 6B model (e.g. train_targets.py's WORK/model)"
+    )
+    parser.add_argument(
+        "--sft-from",
+        type=Path,
+        help="take the SFT row from train_targets.py's results JSON written earlier in the same device call",
+    )
+    parser.add_argument("--sft-row", help="that file's row name (default: the shipped lora.yaml on 1 GPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dpo_throughput")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
     data = prepare_data(args.corpus, args.work, seed=0, limit=args.limit)
-    model = args.work / "model"
+    model = args.model if args.model and (args.model / "config.json").is_file() else args.work / "model"
     build_model(args.config, args.tokenizer, model, args.device)
     report: dict[str, Any] = {
         "card": torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU (smoke test, tiny model)",
@@ -229,6 +259,9 @@ def main() -> None:
         "timed_steps": args.steps,
         "runs": {},
     }
+    if args.sft_from is not None:
+        report["runs"]["sft"] = sft_from_file(args.sft_from, args.sft_row)
+        write_report(report, args.out)
     for name in args.rows:
         try:
             report["runs"][name] = run_row(name, data, model, args)
