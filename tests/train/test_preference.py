@@ -229,10 +229,10 @@ def test_chatglm3_dpo_adapter_merges_verifies_and_answers(chatglm3_dir: Path, tm
     config = ServingConfig.model_validate(
         {"limits": {"default_max_tokens": 4}, "generation": {"temperature": 0}}
     )
-    with TestClient(create_app(served, config, "wenzhen-dpo", None)) as client:
-        reply = client.post(
-            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "孩子发烧怎么办"}]}
-        )
+    app = create_app(served, config, "wenzhen-dpo", None)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:  # a local client, as the API admits
+        messages = [{"role": "user", "content": "孩子发烧怎么办"}]
+        reply = client.post("/v1/chat/completions", json={"model": "wenzhen-dpo", "messages": messages})
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["role"] == "assistant"
 
 
