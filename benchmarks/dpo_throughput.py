@@ -1,69 +1,70 @@
-"""DPO LoRA throughput against the project's SFT LoRA throughput, on one GPU, in one run (issue #17's target).
+"""Preference-training throughput against the project's own SFT throughput, on one GPU, in one run (issue #17).
 
-ChatGLM3-6B shapes with random weights (as benchmarks/train_throughput.py), real Toyhom consultations encoded by
-the project (`wenzhen data prepare` output). Both runs go through `wenzhen.train.train` with the same LoRA
-(r=8, alpha 32 on q/k/v), the same length budget (256 + 512) and bf16:
+The SFT reference is what `wenzhen train DATA MODEL configs/lora.yaml` achieves on the card: the shipped config with
+its automatic performance (token-counted step, rows and checkpointing chosen for the memory, compiled layers). The
+preference rows are the shipped `configs/dpo.yaml` / `configs/orpo.yaml` with their automatic performance, at the
+same optimizer step (`performance.step_tokens` of lora.yaml, 16,384 tokens), and the DPO recipe's own step (16
+pairs) as written. Every row goes through the library function the CLI calls (`wenzhen.train.train` on the loaded
+shipped YAML with command-line-style overrides), one after the other in this process; the compiled-graph cache is
+reset and the GPU memory released between rows, and each row's peak is its own.
 
-* `sft`: the shipped recipe's path: packed batches of 4 conversations, no checkpointing;
-* `dpo`: `method: dpo` on pairs built from the same consultations (chosen = the doctor's answer, rejected =
-  another consultation's answer: the contents do not matter for speed, the lengths are real), 4 pairs a step,
-  reference = the adapter disabled.
+ChatGLM3-6B shapes with random bf16 weights (saved once); real Toyhom consultations (`wenzhen data prepare`); pairs
+from the same consultations (chosen = the doctor's answer, rejected = another consultation's answer: contents do not
+matter for speed, the lengths are real).
 
-After `--warmup` steps, `--steps` steps are timed. SFT tokens/s counts non-padding input tokens; DPO tokens/s counts
-prompt + chosen + rejected tokens (each prompt once) from TRL's non-padding count (which sees the prompt twice,
-once per answer) scaled by the data set's exact ratio of the two; the raw sequence rate is reported too. Peak GPU
-memory (allocated) of each run. Writes benchmarks/results/dpo_throughput.{json,md}.
+Rates are steady (StepClock: the optimizer steps after the first three). SFT: non-padding tokens/s. Preference:
+prompt + chosen + rejected tokens/s (each prompt once, the issue's unit) = the steady rate of tokens the model reads
+(TRL feeds the prompt once per answer) x the data's exact ratio of the two counts. The ratio DPO / SFT is the
+issue's target (>= 0.5). Writes OUT.json and OUT.md after every row.
 
-    python benchmarks/dpo_throughput.py --config gpu/chatglm3-6b-config.json --tokenizer gpu/tokenizer.model \
-        --data gpu/toyhom.jsonl
+    python benchmarks/dpo_throughput.py --config gpu/chatglm3/chatglm3-6b-config.json \
+        --tokenizer gpu/chatglm3/tokenizer.model --corpus gpu/toyhom/内科.txt --out $OUT/dpo_throughput-h200
 """
 
 import argparse
 import gc
 import json
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GlmForCausalLM, TrainerCallback
 
-from wenzhen.config import validate_config
-from wenzhen.errors import WenzhenError
 from wenzhen.io import read_jsonl, write_jsonl
-from wenzhen.models.chatglm3 import glm_config_from_official
-from wenzhen.models.chatglm3_tokenizer import build_chatglm3_tokenizer
-from wenzhen.train.config import TrainConfig
+from wenzhen.train.config import load_train_config
 from wenzhen.train.trainer import train
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+ROOT = Path(__file__).resolve().parents[1]
+STEP_TOKENS = 16384  # configs/lora.yaml's performance.step_tokens
+# (row name, shipped config, data file, extra overrides)
+ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "sft": ("lora.yaml", "sft.jsonl", {}),
+    "dpo": ("dpo.yaml", "pairs.jsonl", {"performance.step_tokens": STEP_TOKENS}),
+    "orpo": ("orpo.yaml", "pairs.jsonl", {"performance.step_tokens": STEP_TOKENS}),
+    "dpo-recipe-step": ("dpo.yaml", "pairs.jsonl", {}),
+    # The breakdown: the same as `dpo` with the reference log-probabilities computed before training (not timed),
+    # so its steady rate is the policy's forward + backward alone.
+    "dpo-without-reference-pass": (
+        "dpo.yaml",
+        "pairs.jsonl",
+        {"performance.step_tokens": STEP_TOKENS, "preference.precompute_ref_log_probs": True},
+    ),
+}
 
 
-class StepTimer(TrainerCallback):
-    """Wall time and TRL/transformers' non-padding token count between the end of warm-up and the last step."""
-
-    def __init__(self, warmup: int, steps: int, device: str) -> None:
-        self.warmup, self.last, self.device = warmup, warmup + steps, device
-        self.marks: dict[int, tuple[float, int]] = {}
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step in (self.warmup, self.last):
-            if self.device == "cuda":
-                torch.cuda.synchronize()
-            self.marks[state.global_step] = (time.perf_counter(), int(state.num_input_tokens_seen))
-
-    def rate(self) -> tuple[float, float]:
-        """(tokens per second, seconds per step) over the timed steps."""
-        (t0, n0), (t1, n1) = self.marks[self.warmup], self.marks[self.last]
-        return (n1 - n0) / (t1 - t0), (t1 - t0) / (self.last - self.warmup)
-
-
-def build_data(conversations: list[dict], folder: Path, seed: int) -> None:
-    """SFT conversations and pairs (chosen: the conversation's answer; rejected: another conversation's)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    single = [row for row in conversations if row["conversations"][-1]["role"] == "assistant"]
+def prepare_data(corpus: list[Path], work: Path, seed: int, limit: int) -> Path:
+    """WORK/data: `wenzhen data prepare` on the corpus, then sft.jsonl (its first `limit` conversations) and
+    pairs.jsonl (from the same conversations)."""
+    data = work / "data"
+    if not (data / "train.jsonl").is_file():
+        command = [sys.executable, "-m", "wenzhen", "data", "prepare", *map(str, corpus), "--out", str(data)]
+        subprocess.run([*command, "--force", "--no-progress", "--dev", "50", "--test", "0"], check=True)
+    single = [
+        row for row in read_jsonl(data / "train.jsonl") if row["conversations"][-1]["role"] == "assistant"
+    ]
     answers = [row["conversations"][-1]["content"] for row in single]
     shuffled = answers[:]
     random.Random(seed).shuffle(shuffled)
@@ -72,74 +73,149 @@ def build_data(conversations: list[dict], folder: Path, seed: int) -> None:
         for row, chosen, rejected in zip(single, answers, shuffled, strict=True)
         if chosen != rejected
     ]
-    write_jsonl(folder / "sft.jsonl", single)
-    write_jsonl(folder / "pairs.jsonl", pairs)
+    write_jsonl(data / "sft.jsonl", single)
+    write_jsonl(data / "pairs.jsonl", pairs)
+    return data
 
 
-def run(kind: str, model_dir: Path, data: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One timed training run through `wenzhen.train.train`."""
-    config: dict[str, Any] = {
-        "data_config": {"train_file": "sft.jsonl" if kind == "sft" else "pairs.jsonl", "val_file": None},
-        "max_input_length": 256,
-        "max_output_length": 512,
-        "training_args": {
-            "output_dir": str(work / kind),
-            "max_steps": args.warmup + args.steps,
-            "learning_rate": 5e-5,
-            "per_device_train_batch_size": args.batch,
-            "save_strategy": "no",
-            "logging_steps": 1000,
-            "bf16": args.device == "cuda",
-            "use_cpu": args.device == "cpu",
-        },
-        "peft_config": {"peft_type": "LORA", "r": 8, "lora_alpha": 32, "lora_dropout": 0.1},
-    }
-    if kind == "dpo":
-        config["method"] = "dpo"
-        config["preference"] = {"max_eval_pairs": 1}
+def build_model(config: Path, tokenizer: Path, folder: Path, device: str) -> None:
+    """Random bf16 weights of the official shapes, saved natively with the tokenizer (once; train_targets.py saves
+    the same model, so `--model` can reuse its folder)."""
+    if (folder / "config.json").is_file():
+        return
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from train_throughput import random_model
+    from wenzhen.models.chatglm3_tokenizer import build_chatglm3_tokenizer
+
+    model = random_model(config, device=device)
+    model.save_pretrained(folder)
+    build_chatglm3_tokenizer(tokenizer).save_pretrained(folder)
+    del model
+    release(device)
+
+
+def release(device: str) -> None:
+    """Free what the previous row left: compiled graphs, Python objects, cached GPU blocks; zero the peak."""
+    torch._dynamo.reset()
     gc.collect()
-    if args.device == "cuda":
+    if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    timer = StepTimer(args.warmup, args.steps, args.device)
-    result = train(data, model_dir, validate_config(TrainConfig, config), callbacks=[timer])
-    rate, step_seconds = timer.rate()
+
+
+def run_row(name: str, data: Path, model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One shipped config through `wenzhen.train.train`; its steady rate, plan and peak."""
+    config_name, train_file, extra = ROWS[name]
+    out = args.work / "runs" / name
+    overrides: dict[str, Any] = {
+        "training_args.output_dir": str(out),
+        "training_args.max_steps": 3 + args.steps,
+        "training_args.save_strategy": "no",
+        "training_args.eval_strategy": "no",
+        "training_args.logging_steps": 1,
+        "data_config.train_file": train_file,
+        "data_config.val_file": None,
+        "data_config.test_file": None,
+        **extra,
+    }
+    if args.device == "cpu":
+        overrides["training_args.use_cpu"] = True
+    config = load_train_config(ROOT / "configs" / config_name, overrides)
+    release(args.device)
+    started = time.monotonic()
+    summary = train(data, model, config).summary
+    info = json.loads((out / "run.json").read_text())
+    plan = info.get("performance_plan") or info.get("extra", {}).get("performance_plan")
     row = {
-        "sequence_tokens_per_second": round(rate, 1),
-        "seconds_per_step": round(step_seconds, 3),
+        "config": f"configs/{config_name}" + "".join(f" --set {k}={v}" for k, v in extra.items()),
+        "steps": summary["steps"],
+        "wall_seconds": round(time.monotonic() - started, 1),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if args.device == "cuda"
         else None,
+        "plan": plan,
+        "losses": [row["loss"] for row in map(json.loads, (out / "metrics.jsonl").open()) if "loss" in row],
     }
-    if kind == "dpo":
-        encoded = json.loads((work / kind / "preference.json").read_text())["train"]
+    if name == "sft":
+        row["tokens_per_second"] = summary["steady_tokens_per_second"]
+    else:
+        row["tokens_per_second"] = summary["steady_pair_tokens_per_second"]
+        row["sequence_tokens_per_second"] = summary["steady_tokens_per_second"]
+        encoded = json.loads((out / "preference.json").read_text())["train"]
         row["pairs"] = encoded["kept"]
-        row["pair_tokens"] = encoded["tokens"]
-    row["summary_tokens_per_second"] = result.summary.get(
-        "tokens_per_second", result.summary.get("pair_tokens_per_second")
-    )
     return row
 
 
-def prompt_share(data: Path, model_dir: Path) -> float:
-    """Σ(prompt + chosen + rejected) / Σ(2 prompt + chosen + rejected) over the encoded pairs, exactly."""
-    from wenzhen.models.chatglm3 import ChatGLM3Family
-    from wenzhen.models.loading import load_tokenizer
-    from wenzhen.train.preference import encode_answer, read_examples
+def sft_from_file(path: Path, name: str | None) -> dict[str, Any]:
+    """The SFT row of benchmarks/train_targets.py's results written earlier in the same device call: `name`, or the
+    shipped lora.yaml on one GPU."""
+    runs = json.loads(path.read_text())["runs"]
+    if name is None:
+        name = next((key for key in runs if key.startswith("shipped lora.yaml, 1 GPU (")), None)
+    if name not in runs or "error" in runs[name]:
+        raise SystemExit(f"{path} has no usable row {name!r}; rows: {', '.join(runs)}")
+    row = runs[name]
+    return {
+        "config": f"{name} (benchmarks/train_targets.py, same device call: {path.name})",
+        "steps": 1,
+        "wall_seconds": row.get("process_seconds") or 0.0,
+        "peak_gpu_gib": round(row["peak_gpu_gib"], 2),
+        "plan": row.get("plan"),
+        "tokens_per_second": row["tokens_per_second"],
+    }
 
-    tokenizer = load_tokenizer(model_dir)
-    family = ChatGLM3Family()
-    examples, _ = read_examples(read_jsonl(data / "pairs.jsonl"), "pairs.jsonl")
-    once = twice = 0
-    for example in examples:
-        try:
-            prompt, chosen = encode_answer(family, tokenizer, example.prompt, example.chosen, 256, 512)
-            rejected = encode_answer(family, tokenizer, example.prompt, str(example.rejected), 256, 512)[1]
-        except WenzhenError:  # skipped by training as well (prompt over budget)
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """OUT.json and OUT.md (rewritten after every row)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    runs = report["runs"]
+    sft = (runs.get("sft") or {}).get("tokens_per_second")
+    lines = [
+        f"# Preference vs SFT LoRA throughput ({report['card']}, torch {report['torch']})",
+        "",
+        "`benchmarks/dpo_throughput.py`: ChatGLM3-6B shapes, random bf16 weights; Toyhom consultations; shipped "
+        f"configs with automatic performance; 3 warm-up + {report['timed_steps']} timed steps; steady rates.",
+        "",
+        "| row | config | tokens/s | / SFT | s/step | peak GPU GiB | plan |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in runs.items():
+        if "error" in row:
+            lines.append(f"| {name} | failed: {row['error'][:200]} | | | | | |")
             continue
-        once += len(prompt) + len(chosen) + len(rejected)
-        twice += 2 * len(prompt) + len(chosen) + len(rejected)
-    return once / twice
+        rate = row["tokens_per_second"] or 0.0
+        ratio = f"{rate / sft:.3f}" if sft and name != "sft" else ""
+        plan = row["plan"] or {}
+        described = (
+            f"{plan.get('row_tokens') or ''} batch {plan.get('per_device_train_batch_size')} x "
+            f"{plan.get('gradient_accumulation_steps')}, checkpointing {plan.get('gradient_checkpointing')}, "
+            f"compile {plan.get('compile')}"
+        )
+        unit = "" if name == "sft" else " (prompt+chosen+rejected)"
+        seconds = row["wall_seconds"] / max(row["steps"], 1)
+        lines.append(
+            f"| {name} | `{row['config']}` | {rate:,.0f}{unit} | {ratio} | {seconds:.2f} (wall incl. load, "
+            "compile) | "
+            f"{row['peak_gpu_gib']} | {described} |"
+        )
+    dpo = runs.get("dpo") or {}
+    if dpo.get("tokens_per_second") and dpo.get("sequence_tokens_per_second"):
+        share = dpo["tokens_per_second"] / dpo["sequence_tokens_per_second"]
+        lines += [
+            "",
+            f"Breakdown: TRL reads each prompt once per answer, so prompt+chosen+rejected tokens are {share:.3f} of the "
+            "tokens the model reads; per token read, DPO runs the policy forward + backward (as SFT: 4N FLOPs with "
+            "frozen base weights) plus the reference forward (2N), 1.5x SFT's arithmetic. At SFT's efficiency the "
+            f"ceiling is {share:.3f} x 2/3 = {share * 2 / 3:.3f} of the SFT rate. `dpo-without-reference-pass` is "
+            "the loop with the reference log-probabilities computed before training (that pass not timed).",
+        ]
+    lines += ["", "Plans:", ""] + [
+        f"- {name}: {(row.get('plan') or {}).get('reason', '')}"
+        for name, row in runs.items()
+        if "plan" in row
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -150,61 +226,50 @@ def main() -> None:
         "--config", type=Path, required=True, help="official chatglm3 config.json (6B shapes)"
     )
     parser.add_argument("--tokenizer", type=Path, required=True, help="ChatGLM3 tokenizer.model")
-    parser.add_argument("--data", type=Path, required=True, help="JSONL conversations (wenzhen data prepare)")
+    parser.add_argument("--corpus", type=Path, nargs="+", required=True, help="Toyhom files for data prepare")
     parser.add_argument("--work", type=Path, default=Path("/tmp/dpo-throughput"))
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=4, help="conversations (SFT) or pairs (DPO) per step")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps after the 3 warm-up steps")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=1200,
+        help="conversations (and pairs) encoded: enough for the timed steps",
+    )
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test at tiny size")
-    parser.add_argument("--out", type=Path, default=RESULTS / "dpo_throughput")
+    parser.add_argument(
+        "--model", type=Path, help="an already saved random 6B model (e.g. train_targets.py's WORK/model)"
+    )
+    parser.add_argument(
+        "--sft-from",
+        type=Path,
+        help="take the SFT row from train_targets.py's results JSON written earlier in the same device call",
+    )
+    parser.add_argument("--sft-row", help="that file's row name (default: the shipped lora.yaml on 1 GPU)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dpo_throughput")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    model_dir = args.work / "model"
-    if not (model_dir / "config.json").is_file():
-        torch.manual_seed(0)
-        config = glm_config_from_official(json.loads(args.config.read_text()))
-        with torch.device(args.device):
-            model = GlmForCausalLM(config).to(torch.bfloat16 if args.device == "cuda" else torch.float32)
-        model.save_pretrained(model_dir)
-        build_chatglm3_tokenizer(args.tokenizer).save_pretrained(model_dir)
-        del model
-    data = args.work / "data"
-    build_data(read_jsonl(args.data), data, seed=0)
-
+    data = prepare_data(args.corpus, args.work, seed=0, limit=args.limit)
+    model = args.model if args.model and (args.model / "config.json").is_file() else args.work / "model"
+    build_model(args.config, args.tokenizer, model, args.device)
     report: dict[str, Any] = {
         "card": torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU (smoke test, tiny model)",
         "torch": torch.__version__,
-        "batch": args.batch,
         "timed_steps": args.steps,
         "runs": {},
     }
-    for kind in ("sft", "dpo"):
-        report["runs"][kind] = run(kind, model_dir, data, args.work, args)
-        print(kind, report["runs"][kind], file=sys.stderr, flush=True)
-    share = prompt_share(data, model_dir)
-    dpo = report["runs"]["dpo"]
-    dpo["prompt_once_share"] = round(share, 4)
-    dpo["pair_tokens_per_second"] = round(dpo["sequence_tokens_per_second"] * share, 1)
-    sft_rate = report["runs"]["sft"]["sequence_tokens_per_second"]
-    report["dpo_over_sft"] = round(dpo["pair_tokens_per_second"] / sft_rate, 3) if sft_rate else None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        f"# DPO vs SFT LoRA throughput ({report['card']}, torch {report['torch']})",
-        "",
-        "| run | tokens/s | s/step | peak GPU GiB |",
-        "|---|---|---|---|",
-        f"| SFT LoRA, {args.batch} conversations packed | {sft_rate:,.0f} | "
-        f"{report['runs']['sft']['seconds_per_step']} | {report['runs']['sft']['peak_gpu_gib']} |",
-        f"| DPO LoRA, {args.batch} pairs (prompt+chosen+rejected) | {dpo['pair_tokens_per_second']:,.0f} | "
-        f"{dpo['seconds_per_step']} | {dpo['peak_gpu_gib']} |",
-        "",
-        f"DPO / SFT: {report['dpo_over_sft']} (target >= 0.5). DPO sequence tokens (prompt counted per answer): "
-        f"{dpo['sequence_tokens_per_second']:,.0f}/s.",
-    ]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if args.sft_from is not None:
+        report["runs"]["sft"] = sft_from_file(args.sft_from, args.sft_row)
+        write_report(report, args.out)
+    for name in args.rows:
+        try:
+            report["runs"][name] = run_row(name, data, model, args)
+        except Exception as exc:  # one failed row (say, out of memory) must not lose the others
+            report["runs"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        print(name, json.dumps(report["runs"][name]), file=sys.stderr, flush=True)
+        write_report(report, args.out)
+    print(args.out.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":

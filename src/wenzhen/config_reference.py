@@ -29,7 +29,8 @@ DOCUMENTED: list[tuple[str, str, type[BaseModel], str]] = [
         "Training",
         "wenzhen train DATA_DIR MODEL_DIR FILE",
         TrainConfig,
-        "configs/lora.yaml, configs/ptuning_v2.yaml, configs/sft.yaml, configs/dpo.yaml, configs/kto.yaml",
+        "configs/lora.yaml, configs/ptuning_v2.yaml, configs/sft.yaml, configs/dpo.yaml, configs/orpo.yaml, "
+        "configs/kto.yaml",
     ),
     (
         "Serving (API, web UI, chat, eval safety)",

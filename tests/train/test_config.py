@@ -27,23 +27,30 @@ def test_official_configs_load_unchanged(name: str, method: str, caplog: pytest.
     assert "evaluation_strategy is now called eval_strategy" in caplog.text
 
 
-@pytest.mark.parametrize("name", ["lora", "ptuning_v2", "sft", "dpo", "kto"])
+@pytest.mark.parametrize("name", ["lora", "ptuning_v2", "sft", "dpo", "orpo", "kto"])
 def test_shipped_configs_load(name: str):
     config = load_train_config(REPO / "configs" / f"{name}.yaml")
-    methods = {"lora": "lora", "ptuning_v2": "ptuning_v2", "sft": "full", "dpo": "lora", "kto": "lora"}
+    methods = {
+        "lora": "lora",
+        "ptuning_v2": "ptuning_v2",
+        "sft": "full",
+        "dpo": "lora",
+        "orpo": "lora",
+        "kto": "lora",
+    }
     assert config.method_name == methods[name]
-    assert config.objective == (name if name in ("dpo", "kto") else "sft")
+    assert config.objective == (name if name in ("dpo", "orpo", "kto") else "sft")
     assert config.truncation == "keep_eos"
 
 
 def test_every_shipped_training_config_is_covered():
     shipped = {path.stem for path in (REPO / "configs").glob("*.yaml")} - {"data", "demo"}
-    assert shipped == {"lora", "ptuning_v2", "sft", "dpo", "kto"}
+    assert shipped == {"lora", "ptuning_v2", "sft", "dpo", "orpo", "kto"}
 
 
 def test_preference_settings_are_checked_against_the_method():
     base = {"max_input_length": 8, "max_output_length": 8}
-    with pytest.raises(ValidationError, match="preference settings apply to method dpo or kto"):
+    with pytest.raises(ValidationError, match="preference settings apply to method dpo, orpo or kto"):
         TrainConfig.model_validate({**base, "preference": {"beta": 0.2}})
     with pytest.raises(ValidationError, match="trains LoRA or full weights"):
         TrainConfig.model_validate({**base, "method": "dpo", "peft_config": {"peft_type": "PREFIX_TUNING"}})
@@ -53,6 +60,11 @@ def test_preference_settings_are_checked_against_the_method():
     assert (full.method_name, full.objective) == ("full", "kto")
     qlora = TrainConfig.model_validate({**base, "method": "dpo", "preference": {"tuning": "qlora"}})
     assert qlora.method_name == "qlora"
+    with pytest.raises(ValidationError, match=r"preference\.loss_type do not apply to method orpo"):
+        TrainConfig.model_validate({**base, "method": "orpo", "preference": {"loss_type": "ipo"}})
+    # A dumped config (run.json) carries every key at its default: that loads back.
+    dumped = TrainConfig.model_validate({**base, "method": "orpo"}).model_dump(mode="json")
+    assert TrainConfig.model_validate(dumped).objective == "orpo"
 
 
 def write(tmp_path: Path, text: str) -> Path:

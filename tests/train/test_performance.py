@@ -12,10 +12,12 @@ from wenzhen.train.config import TrainConfig, load_train_config
 from wenzhen.train.performance import (
     FOUR_BIT_ACTIVATION_FACTOR,
     Hardware,
+    PairLengths,
     compile_decoder_layers,
     estimate_peak_gib,
     four_bit_elements,
     plan_performance,
+    plan_preference_performance,
     repeated_layers,
 )
 
@@ -195,3 +197,50 @@ def test_four_bit_weights_are_found_in_a_quantized_model(tiny_glm, tmp_path):
     )
     linear = sum(m.weight.numel() for m in tiny_glm.model.layers.modules() if isinstance(m, torch.nn.Linear))
     assert four_bit_elements(quantized) * 2 == linear
+
+
+# --- preference pairs (`plan_preference_performance`) ------------------------------------------------------------
+
+
+def shipped_dpo(**performance: int) -> TrainConfig:
+    overrides = {f"performance.{key}": value for key, value in performance.items()}
+    return load_train_config(REPO / "configs" / "dpo.yaml", overrides)
+
+
+PAIRS = [PairLengths(pair_tokens=230, longest_sequence=190)] * 50 + [PairLengths(400, 320)]
+
+
+def test_dpo_on_a_large_gpu_keeps_the_step_in_few_uncheckpointed_compiled_micro_batches():
+    resolved, plan = plan_preference_performance(shipped_dpo(step_tokens=16384), gpu(141), PAIRS, 1, True)
+    pairs_per_step = plan.per_device_train_batch_size * plan.gradient_accumulation_steps
+    assert pairs_per_step == pytest.approx(16384 / (sum(p.pair_tokens for p in PAIRS) / len(PAIRS)), abs=2)
+    assert plan.per_device_train_batch_size >= 24 and not plan.gradient_checkpointing and plan.compile
+    assert plan.length_grouped and plan.estimated_peak_gib is not None
+    # The worst micro-batch (every pair padded to the longest sequence, 320 -> 320 tokens) fits the memory.
+    worst = 2 * plan.per_device_train_batch_size * 320
+    assert estimate_peak_gib(gpu(141), worst, False, True) <= gpu(141).usable_gib
+    assert resolved.training_args.per_device_train_batch_size == plan.per_device_train_batch_size
+
+
+def test_dpo_keeps_the_recipes_pairs_per_step_and_checkpoints_only_on_a_small_card():
+    _, large = plan_preference_performance(shipped_dpo(), gpu(80), PAIRS, 1, True)
+    assert (large.per_device_train_batch_size, large.gradient_accumulation_steps) == (16, 1)
+    _, small = plan_preference_performance(shipped_dpo(), gpu(16), PAIRS, 1, True)
+    assert small.per_device_train_batch_size * small.gradient_accumulation_steps >= 16
+    assert small.gradient_checkpointing and small.per_device_train_batch_size < 16
+
+
+def test_full_logits_leave_room_for_fewer_pairs_per_micro_batch():
+    config = shipped_dpo(step_tokens=16384)
+    _, plain = plan_preference_performance(config, gpu(80), PAIRS, 1, True)
+    _, logits = plan_preference_performance(config, gpu(80), PAIRS, 1, True, 65024 * 12)
+    assert logits.per_device_train_batch_size < plain.per_device_train_batch_size
+
+
+def test_preference_on_cpu_and_kto_run_as_written():
+    config = shipped_dpo()
+    _, cpu = plan_preference_performance(config, None, PAIRS, 1, True)
+    assert (cpu.per_device_train_batch_size, cpu.gradient_accumulation_steps, cpu.compile) == (2, 8, False)
+    assert cpu.length_grouped
+    _, kto = plan_preference_performance(config, gpu(80), PAIRS, 1, False)
+    assert (kto.per_device_train_batch_size, kto.length_grouped) == (2, False)

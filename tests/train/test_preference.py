@@ -1,4 +1,4 @@
-"""Preference alignment (`method: dpo` / `kto`) on tiny models: encoding, training through the CLI, continuing an
+"""Preference alignment (`method: dpo` / `orpo` / `kto`) on tiny models: encoding, training through the CLI, continuing an
 SFT adapter, and a ChatGLM3 DPO adapter that merges, verifies and answers like an SFT one."""
 
 import json
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from wenzhen.cli import main
 from wenzhen.config import validate_config
@@ -14,6 +15,8 @@ from wenzhen.io import read_jsonl, write_jsonl
 from wenzhen.models import load_model
 from wenzhen.models.chatglm3 import ChatGLM3Family
 from wenzhen.runinfo import read_run_info
+from wenzhen.serve.api import create_app
+from wenzhen.serve.config import ServingConfig
 from wenzhen.train.callbacks import read_metrics
 from wenzhen.train.config import TrainConfig
 from wenzhen.train.encoding import IGNORE, encode_conversation
@@ -221,3 +224,41 @@ def test_chatglm3_dpo_adapter_merges_verifies_and_answers(chatglm3_dir: Path, tm
         [[{"role": "user", "content": "孩子发烧怎么办"}]], GenerationSettings(max_new_tokens=4, temperature=0)
     )[0]
     assert answer.text is not None
+    # Served as an SFT adapter is: the adapter folder itself (its run.json names the base) behind the API.
+    served = ChatEngine(load_model(out / "final", device="cpu", dtype="fp32"))
+    config = ServingConfig.model_validate(
+        {"limits": {"default_max_tokens": 4}, "generation": {"temperature": 0}}
+    )
+    app = create_app(served, config, "wenzhen-dpo", None)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:  # a local client, as the API admits
+        messages = [{"role": "user", "content": "孩子发烧怎么办"}]
+        reply = client.post("/v1/chat/completions", json={"model": "wenzhen-dpo", "messages": messages})
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_orpo_through_the_cli_with_the_shipped_config_prefers_the_chosen_answers(
+    pairs_dir: Path, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "orpo"
+    code = main(
+        [
+            "train",
+            str(pairs_dir),
+            str(tiny_llama_dir),
+            str(REPO / "configs" / "orpo.yaml"),
+            *cli_overrides(out, 8),
+            # a strong odds-ratio term, so 8 steps of a tiny model move the preference visibly
+            *("--set", "preference.beta=1.0"),
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objective"] == "orpo" and summary["steps"] == 8
+    before, after = summary["dev_preference_before"], summary["dev_preference_after"]
+    # No reference: the reward is beta x the answer's mean log-probability, so "before" is the model's own taste.
+    assert after["pairs"] == 6 and after["reward_accuracy"] >= 0.8 > before["reward_accuracy"]
+    assert after["reward_margin"] > max(before["reward_margin"], 0)
+    evals = [row for row in read_metrics(out / "metrics.jsonl") if "eval_log_odds_ratio" in row]
+    assert evals and "eval_rewards/accuracies" in evals[-1]
+    assert read_run_info(out).extra["objective"] == "orpo"
+    assert (out / "final" / "adapter_config.json").is_file()

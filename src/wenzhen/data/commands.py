@@ -49,7 +49,7 @@ def register_pairs(commands: argparse._SubParsersAction) -> None:
     """Add `data pairs`."""
     parser = commands.add_parser(
         "pairs",
-        help="build preference pairs (for method dpo / kto) from an SFT set and the model's own answers",
+        help="build preference pairs (for method dpo / orpo / kto) from an SFT set and the model's own answers",
         description="For each conversation of SFT_DIR's train/dev/test.jsonl, MODEL answers the last question; "
         "an answer pair prefers the doctor's answer to the model's, and a safety pair (questions the guard "
         "flags) prefers the model's answer led by the emergency guidance to the same answer without it. Writes "

@@ -120,8 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--output-dir", help="run folder (training_args.output_dir)")
     group.add_argument(
         "--method",
-        choices=["lora", "qlora", "ptuning_v2", "prefix", "full", "dpo", "kto"],
-        help="tuning method, or dpo / kto: preference alignment on pairs (settings under preference:)",
+        choices=["lora", "qlora", "ptuning_v2", "prefix", "full", "dpo", "orpo", "kto"],
+        help="tuning method, or dpo / orpo / kto: preference alignment on pairs (settings under preference:)",
     )
     group.add_argument("--max-steps", type=int, help="optimizer steps (training_args.max_steps)")
     group.add_argument("--learning-rate", type=float, help="peak learning rate")

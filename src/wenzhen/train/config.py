@@ -244,30 +244,49 @@ class PerformanceConfig(StrictModel):
     )
 
 
-# Preference objectives (`method: dpo | kto`) and the tuning methods they can run on.
-PREFERENCE_METHODS = ("dpo", "kto")
+# Preference objectives (`method: dpo | orpo | kto`) and the tuning methods they can run on.
+PREFERENCE_METHODS = ("dpo", "orpo", "kto")
 PREFERENCE_TUNINGS = ("lora", "qlora", "full")
+# The `preference` keys each objective reads (the others are an error when set, not something to ignore).
+PREFERENCE_KEYS = {
+    "dpo": {"tuning", "beta", "loss_type", "label_smoothing", "precompute_ref_log_probs", "max_eval_pairs"},
+    "orpo": {"tuning", "beta", "max_eval_pairs"},
+    "kto": {
+        "tuning",
+        "beta",
+        "desirable_weight",
+        "undesirable_weight",
+        "precompute_ref_log_probs",
+        "max_eval_pairs",
+    },
+}
 
 
 class PreferenceConfig(StrictModel):
-    """`preference`: settings of `method: dpo` or `kto` (TRL's DPOConfig / KTOConfig names and defaults)."""
+    """`preference`: settings of `method: dpo`, `orpo` or `kto`, with TRL's names and defaults.
+
+    A key the method does not read (see PREFERENCE_KEYS) is an error, not something to ignore."""
 
     tuning: Literal["lora", "qlora", "full"] | None = Field(
         default=None,
         description="which weights train: None: lora with peft_config (or an adapter MODEL_DIR), full without",
     )
     beta: float = Field(
-        default=0.1, gt=0, description="how far the policy may move from the reference (higher: less far)"
+        default=0.1,
+        gt=0,
+        description="dpo/kto: how far the policy may move from the reference (higher: less far); orpo: the weight "
+        "(lambda) of the odds-ratio term beside the answer's NLL",
     )
     loss_type: Literal[
         "sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero"
-    ] = Field(default="sigmoid", description="DPO loss (sigmoid: the DPO paper's); KTO ignores it")
-    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="DPO label noise (robust/cDPO)")
-    desirable_weight: float = Field(default=1.0, gt=0, description="KTO weight of desirable answers")
-    undesirable_weight: float = Field(default=1.0, gt=0, description="KTO weight of undesirable answers")
+    ] = Field(default="sigmoid", description="dpo: the loss (sigmoid: the DPO paper's)")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5, description="dpo: label noise (robust/cDPO)")
+    desirable_weight: float = Field(default=1.0, gt=0, description="kto: weight of desirable answers")
+    undesirable_weight: float = Field(default=1.0, gt=0, description="kto: weight of undesirable answers")
     precompute_ref_log_probs: bool = Field(
         default=False,
-        description="compute the reference log-probabilities once before training (no reference pass per step)",
+        description="dpo/kto: compute the reference log-probabilities once before training (one inference pass "
+        "over the pairs instead of a reference forward per step; pays off over several epochs)",
     )
     max_eval_pairs: int | None = Field(
         default=200, ge=1, description="dev pairs scored for held-out preference accuracy before and after"
@@ -282,9 +301,9 @@ class TrainConfig(StrictModel):
     max_output_length: int = Field(ge=1)
     training_args: TrainingArgs = Field(default_factory=TrainingArgs)
     peft_config: PeftConfig | None = None
-    method: Literal["lora", "qlora", "ptuning_v2", "prefix", "full", "dpo", "kto"] | None = Field(
+    method: Literal["lora", "qlora", "ptuning_v2", "prefix", "full", "dpo", "orpo", "kto"] | None = Field(
         default=None,
-        description="None: from peft_config.peft_type (none: full fine-tuning); dpo or kto: preference "
+        description="None: from peft_config.peft_type (none: full fine-tuning); dpo, orpo or kto: preference "
         "alignment on pairs (settings under preference)",
     )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
@@ -302,7 +321,7 @@ class TrainConfig(StrictModel):
 
     @property
     def objective(self) -> str:
-        """What training optimises: `sft` (next-token loss on answers), `dpo` or `kto`."""
+        """What training optimises: `sft` (next-token loss on answers), `dpo`, `orpo` or `kto`."""
         return self.method if self.method in PREFERENCE_METHODS else "sft"
 
     @property
@@ -332,11 +351,22 @@ class TrainConfig(StrictModel):
                 raise ValueError(f"method {self.method} trains LoRA or full weights; use peft_type LORA")
             if self.preference.tuning == "full" and self.peft_config is not None:
                 raise ValueError("preference.tuning full trains every weight; remove peft_config")
+            # Defaults are what a dumped config (run.json) carries back; only real settings are a mistake.
+            defaults = PreferenceConfig()
+            foreign = sorted(
+                key
+                for key in self.preference.model_fields_set - PREFERENCE_KEYS[self.objective]
+                if getattr(self.preference, key) != getattr(defaults, key)
+            )
+            if foreign:
+                raise ValueError(
+                    f"preference.{', preference.'.join(foreign)} do not apply to method {self.method}"
+                )
         elif "preference" in self.model_fields_set and self.preference != PreferenceConfig():
             # Defaults are what a dumped config (run.json, a resolved demo config) carries back: only real settings
             # for an SFT run are a mistake.
             raise ValueError(
-                "preference settings apply to method dpo or kto; set method or remove preference"
+                "preference settings apply to method dpo, orpo or kto; set method or remove preference"
             )
         return self
 

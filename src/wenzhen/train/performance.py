@@ -117,6 +117,7 @@ class SpeedPlan:
     estimated_peak_gib: float | None
     estimated_tokens_per_second: float | None
     reason: str
+    length_grouped: bool = False  # preference pairs: batches of similar lengths (less padding)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields (run.json's `performance_plan`)."""
@@ -326,10 +327,123 @@ def plan_performance(
 
 def describe(plan: SpeedPlan, attention: str) -> str:
     """The one line logged at the start of a run."""
-    rows = f"rows of {plan.row_tokens} tokens" if plan.row_tokens else "samples concatenated per batch"
+    if plan.length_grouped:
+        rows = "preference pairs in length-grouped padded batches"
+    else:
+        rows = f"rows of {plan.row_tokens} tokens" if plan.row_tokens else "samples concatenated per batch"
     return (
         f"performance: {rows}, batch {plan.per_device_train_batch_size} x {plan.gradient_accumulation_steps} "
         f"accumulated, checkpointing {'on' if plan.gradient_checkpointing else 'off'}, "
         f"compile {'on' if plan.compile else 'off'}, attention {attention} ({plan.reason}; "
         "explicit performance.* / training_args keys override)"
     )
+
+
+@dataclass(frozen=True)
+class PairLengths:
+    """What the planner needs of one encoded preference pair: prompt + chosen + rejected tokens (each prompt once,
+    the issue's throughput unit) and its longer sequence (prompt + the longer answer: TRL's padded width)."""
+
+    pair_tokens: int
+    longest_sequence: int
+
+
+def plan_preference_performance(
+    config: "TrainConfig",
+    hardware: Hardware | None,
+    pairs: list[PairLengths],
+    world: int,
+    paired: bool,
+    logits_bytes_per_token: int = 0,
+) -> tuple["TrainConfig", SpeedPlan]:
+    """The speed settings of a preference run, resolved like `plan_performance` does for SFT.
+
+    TRL trains pairs as padded batches of 2 x pairs sequences (chosen and rejected, no packing), so the choice is
+    how many pairs per micro-batch, and checkpointing: on a GPU (`row_tokens` auto), the optimizer step keeps
+    `step_tokens` of prompt + chosen + rejected tokens (or the recipe's pairs per step) and is split into the
+    fewest micro-batches whose worst case (every pair padded to the longest sequence, which the length-grouped
+    order puts first) fits the memory model; compiled where Triton is present. The CPU runs the recipe's batches as
+    written. Pairs always train in length-grouped batches (less padding); KTO (single answers with TRL's KL
+    completions, in its own fixed order) runs as written. `logits_bytes_per_token`: memory a
+    trainer that materialises the full vocabulary logits needs on top of the model's activations (TRL's ORPO).
+    """
+    speed, args = config.performance, config.training_args
+    batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    explicit_checkpointing = args.gradient_checkpointing
+    checkpointing = bool(explicit_checkpointing)
+    compiled = (
+        speed.compile if speed.compile != "auto" else bool(hardware is not None and hardware.can_compile)
+    )
+    why: list[str] = []
+    peak: float | None = None
+    choices: list[tuple[float, int, bool, int, int]] = []
+    usable = round(hardware.usable_gib, 1) if hardware is not None else None
+    if hardware is None or not paired or speed.row_tokens != "auto" or not pairs:
+        why.append("CPU: the recipe as written" if hardware is None else "the recipe as written")
+    else:
+        mean_pair = sum(pair.pair_tokens for pair in pairs) / len(pairs)
+        longest = round_up(max(pair.longest_sequence for pair in pairs), ROW_MULTIPLE)
+        # Length-grouped batches pad each pair to about its own longer sequence (rounded up for compilation).
+        mean_padded = sum(round_up(pair.longest_sequence, ROW_MULTIPLE) for pair in pairs) / len(pairs)
+        target = (
+            math.ceil(speed.step_tokens / mean_pair / world) if speed.step_tokens else batch * accumulation
+        )
+        options: tuple[bool, ...] = (
+            (explicit_checkpointing,) if explicit_checkpointing is not None else (False, True)
+        )
+        for option in options:
+            fitting = [
+                size
+                for size in range(1, target + 1)
+                if estimate_peak_gib(hardware, 2 * size * longest, option, compiled)
+                + 2 * size * longest * logits_bytes_per_token / 2**30
+                <= hardware.usable_gib
+            ]
+            if fitting:
+                size = max(fitting)
+                steps = math.ceil(target / size)
+                size = math.ceil(target / steps)
+                rate = estimate_tokens_per_second(hardware, round(2 * size * mean_padded), option)
+                choices.append((rate, -steps, option, size, steps))
+        if choices:
+            _, _, checkpointing, batch, accumulation = max(choices)
+            worst = 2 * batch * longest
+            peak = (
+                estimate_peak_gib(hardware, worst, checkpointing, compiled)
+                + worst * logits_bytes_per_token / 2**30
+            )
+            peak = round(peak, 1)
+            why.append(
+                f"{target * world} pairs per step ({'step_tokens' if speed.step_tokens else 'the recipe'}, "
+                f"{mean_pair:.0f} prompt+answer tokens a pair) as {accumulation} micro-batch(es) of {batch} pairs "
+                f"per GPU x {world} GPU(s), length-grouped; worst case {batch} x 2 x {longest} tokens, estimated "
+                f"peak {peak} of {usable} usable GiB"
+            )
+        else:
+            batch, accumulation, checkpointing = 1, target, options[-1]
+            why.append(f"even one pair of {longest} tokens may not fit {usable} GiB")
+    resolved = config.model_copy(
+        update={
+            "performance": speed.model_copy(update={"compile": compiled}),
+            "training_args": args.model_copy(
+                update={
+                    "gradient_checkpointing": checkpointing,
+                    "per_device_train_batch_size": batch,
+                    "gradient_accumulation_steps": accumulation,
+                }
+            ),
+        }
+    )
+    plan = SpeedPlan(
+        row_tokens=None,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        gradient_checkpointing=checkpointing,
+        compile=compiled,
+        memory_gib=usable,
+        estimated_peak_gib=peak,
+        estimated_tokens_per_second=None,
+        reason="; ".join(why),
+        length_grouped=paired,
+    )
+    return resolved, plan

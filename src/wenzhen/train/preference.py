@@ -1,4 +1,5 @@
-"""Preference alignment after SFT (`method: dpo` or `kto`) on TRL's `DPOTrainer` and `KTOTrainer`.
+"""Preference alignment after SFT (`method: dpo`, `orpo` or `kto`) on TRL's `DPOTrainer`, `ORPOTrainer` and
+`KTOTrainer`.
 
 The losses, the reference model and the reward metrics are TRL's; what wenzhen adds is what TRL cannot know:
 
@@ -12,17 +13,23 @@ The losses, the reference model and the reward metrics are TRL's; what wenzhen a
   frozen reference copy;
 * held-out preference accuracy: for each dev pair, whether the implicit reward beta * log(pi / pi_ref) of the
   chosen answer beats the rejected one's (ties half, so the untrained policy scores chance, 0.5), measured before
-  and after training, per kind of pair (`wenzhen data pairs` marks answer and safety pairs). TRL logs its own
-  batch-mean reward accuracy and margins during training (`eval_rewards/*` in metrics.jsonl).
+  and after training, per kind of pair (`wenzhen data pairs` marks answer and safety pairs). ORPO has no
+  reference: its reward is TRL's, beta x the answer's mean token log-probability, so "before" is the model's own
+  preference. TRL logs its own batch-mean reward accuracy and margins during training (`eval_rewards/*`).
 
-Packing does not apply: TRL 1.16 disabled DPO's `padding_free` ("temporarily unavailable after a refactor") and
-KTO has none, so pairs train as right-padded batches; `performance.attention` and `compile` do apply.
+Packing does not apply: TRL 1.16 disabled DPO's `padding_free` ("temporarily unavailable after a refactor"), and
+ORPO and KTO have none, so pairs train as right-padded batches. What does apply (`plan_preference_performance`):
+the micro-batch size and checkpointing chosen for the GPU's memory, batches of similar lengths (transformers'
+length-grouped sampler) padded to a multiple of 64 (bounded shapes for the compiled layers), `performance.compile`
+and `attention`, and DPO's `precompute_ref_log_probs`. TRL computes DPO's log-probabilities only at answer
+positions (its fused LM head) already; ORPO's experimental trainer still materialises the full logits.
 """
 
 import contextlib
 import logging
 import random
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,11 +57,21 @@ from wenzhen.train.callbacks import (
     peak_memory_bytes,
     plot_curve,
     read_metrics,
+    world_size,
 )
 from wenzhen.train.config import TrainConfig
-from wenzhen.train.encoding import encode_conversation
+from wenzhen.train.encoding import IGNORE, encode_conversation
 from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing
-from wenzhen.train.performance import choose_attention, compile_decoder_layers
+from wenzhen.train.performance import (
+    ROW_MULTIPLE,
+    PairLengths,
+    SpeedPlan,
+    choose_attention,
+    compile_decoder_layers,
+    describe,
+    measure_hardware,
+    plan_preference_performance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +150,8 @@ class PreferenceReport:
 
     kept: int = 0
     skipped: int = 0
-    tokens: int = 0
+    tokens: int = 0  # prompt + chosen + rejected, each prompt once
+    sequence_tokens: int = 0  # what the model reads: prompt + chosen and prompt + rejected
     problems: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # per kept example
 
@@ -177,7 +195,11 @@ def encode_examples(
             report.problems.append(f"{source} row {number}: {exc}")
             continue
         if paired:
-            rows.append({"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected})
+            longest = len(prompt_ids) + max(len(chosen), len(rejected or []))
+            # `length`: the padded width, read by the length-grouped sampler (TRL's collators ignore it)
+            rows.append(
+                {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected, "length": longest}
+            )
         elif rejected is not None:
             rows.append({"prompt_ids": prompt_ids, "completion_ids": chosen, "label": True})
             rows.append({"prompt_ids": prompt_ids, "completion_ids": rejected, "label": False})
@@ -186,6 +208,9 @@ def encode_examples(
         report.kept += 1
         report.kinds.append(example.kind)
         report.tokens += len(prompt_ids) + len(chosen) + len(rejected or [])
+        report.sequence_tokens += (
+            len(prompt_ids) + len(chosen) + (len(prompt_ids) + len(rejected) if rejected else 0)
+        )
     return rows, report
 
 
@@ -239,11 +264,13 @@ def preference_metrics(
     pairs: Sequence[dict[str, Any]],
     kinds: Sequence[str],
     beta: float,
+    reference_free: bool = False,
 ) -> dict[str, Any]:
     """Held-out preference metrics of dev pairs, overall and per kind (answer / safety pairs):
 
-    * `reward_accuracy`: share of pairs whose implicit DPO reward beta * (log pi/pi_ref) is higher for the
-      chosen answer (ties count half, so the untrained policy, equal to its reference, scores chance: 0.5);
+    * `reward_accuracy`: share of pairs whose reward is higher for the chosen answer. The reward is DPO's implicit
+      beta * (log pi/pi_ref) (ties count half, so the untrained policy, equal to its reference, scores chance: 0.5),
+      or for a reference-free objective (ORPO) TRL's beta x mean token log-probability of the answer;
     * `reward_margin`: mean reward of chosen minus rejected;
     * `logp_accuracy`: share of pairs whose chosen answer the model itself finds more likely.
     """
@@ -257,9 +284,12 @@ def preference_metrics(
             for pair, kind in zip(pairs, kinds, strict=True):
                 answers = [pair["chosen_ids"], pair["rejected_ids"]]
                 chosen, rejected = answer_log_probs(policy, pair["prompt_ids"], answers)
-                with reference_model(policy, ref_model) as reference:
-                    ref_chosen, ref_rejected = answer_log_probs(reference, pair["prompt_ids"], answers)
-                margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+                if reference_free:
+                    margin = beta * (chosen / len(answers[0]) - rejected / len(answers[1]))
+                else:
+                    with reference_model(policy, ref_model) as reference:
+                        ref_chosen, ref_rejected = answer_log_probs(reference, pair["prompt_ids"], answers)
+                    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
                 rows.append((kind, margin, chosen - rejected))
     finally:
         policy.train(was_training)
@@ -285,19 +315,31 @@ def preference_metrics(
 
 @dataclass(frozen=True)
 class PreferenceObjective:
-    """A preference loss: whether it needs pairs, and how to build its TRL trainer
+    """A preference loss: whether it needs pairs and a reference model, and how to build its TRL trainer
     (`build(config, training-argument kwargs, model=..., train_dataset=rows, ...)`)."""
 
     name: str
     paired: bool
     build: Callable[..., Any]
+    uses_reference: bool = True
+    full_logits: bool = False  # the trainer materialises (sequences, positions, vocabulary) logits
+
+
+def as_datasets(
+    kwargs: dict[str, Any], convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> None:
+    """The trainer's train and eval rows as `datasets.Dataset`s (each row converted first where given)."""
+    from datasets import Dataset
+
+    for key in ("train_dataset", "eval_dataset"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = Dataset.from_list([convert(row) if convert else row for row in kwargs[key]])
 
 
 def _dpo_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) -> Any:
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    kwargs["train_dataset"] = Dataset.from_list(kwargs["train_dataset"])
+    as_datasets(kwargs)
 
     class FamilyEncodedDPOTrainer(DPOTrainer):
         """DPOTrainer on rows the model family already encoded (TRL would re-render them with a Jinja template)."""
@@ -313,13 +355,53 @@ def _dpo_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
         label_smoothing=settings.label_smoothing,
         max_length=config.max_length,
         precompute_ref_log_probs=settings.precompute_ref_log_probs,
-        padding_free=False,
+        padding_free=False,  # TRL 1.16: "temporarily unavailable after a refactor" (it warns and pads)
+        # A bounded set of shapes for the compiled decoder layers (each new width can recompile).
+        pad_to_multiple_of=ROW_MULTIPLE if config.performance.compile is True else None,
     )
     return FamilyEncodedDPOTrainer(args=args, **kwargs)
 
 
+def orpo_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A family-encoded pair in the tokenized form of TRL's ORPO collator (prompt + answer, labels on the answer)."""
+    prompt = row["prompt_ids"]
+    encoded: dict[str, Any] = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+    for side in ("chosen", "rejected"):
+        answer = row[f"{side}_ids"]
+        encoded[f"{side}_input_ids"] = prompt + answer
+        encoded[f"{side}_attention_mask"] = [1] * (len(prompt) + len(answer))
+        encoded[f"{side}_labels"] = [IGNORE] * len(prompt) + answer
+    encoded["length"] = row["length"]
+    return encoded
+
+
+def _orpo_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) -> Any:
+    with warnings.catch_warnings():
+        # TRL 1.16 ships ORPO only under trl.experimental, which warns on import that the API may change. wenzhen pins
+        # TRL's version (pyproject.toml) and its tests train through this trainer, so the notice is not the user's.
+        warnings.filterwarnings("ignore", message="You are importing from 'trl.experimental'")
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    class FamilyEncodedORPOTrainer(ORPOTrainer):
+        """ORPOTrainer on rows the model family already encoded (TRL would re-tokenize rendered text)."""
+
+        def tokenize_row(self, feature, model=None):
+            return feature
+
+        def _track_num_input_tokens(self, inputs):
+            # ORPO's batches have no `input_ids` for transformers to count: the tokens the model reads are prompt +
+            # chosen and prompt + rejected (padding left out), as DPO's count.
+            if self.args.include_num_input_tokens_seen != "no":
+                tokens = inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum()
+                self.state.num_input_tokens_seen += self.accelerator.gather(tokens).sum().item()
+
+    kwargs.pop("ref_model")  # ORPO's point: no reference model
+    as_datasets(kwargs, orpo_row)
+    args = ORPOConfig(**arguments, beta=config.preference.beta, max_length=config.max_length)
+    return FamilyEncodedORPOTrainer(args=args, **kwargs)
+
+
 def _kto_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) -> Any:
-    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
     class FamilyEncodedKTOTrainer(KTOTrainer):
@@ -344,7 +426,7 @@ def _kto_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
     settings = config.preference
     # The KL completions are fixed per batch position, so TRL needs the data in order: shuffled once here instead.
     random.Random(config.training_args.seed).shuffle(kwargs["train_dataset"])
-    kwargs["train_dataset"] = Dataset.from_list(kwargs["train_dataset"])
+    as_datasets(kwargs)
     args = KTOConfig(
         **{**arguments, "train_sampling_strategy": "sequential"},
         beta=settings.beta,
@@ -358,6 +440,10 @@ def _kto_trainer(config: TrainConfig, arguments: dict[str, Any], **kwargs: Any) 
 
 OBJECTIVES: Registry[PreferenceObjective] = Registry("preference objective")
 OBJECTIVES.add("dpo", PreferenceObjective("dpo", paired=True, build=_dpo_trainer))
+OBJECTIVES.add(
+    "orpo",
+    PreferenceObjective("orpo", paired=True, build=_orpo_trainer, uses_reference=False, full_logits=True),
+)
 OBJECTIVES.add("kto", PreferenceObjective("kto", paired=False, build=_kto_trainer))
 
 
@@ -371,32 +457,39 @@ def tuning_method(config: TrainConfig, model_dir: Path) -> str:
     return config.method_name
 
 
-def load_policy(
-    model_dir: Path, config: TrainConfig, device: torch.device
-) -> tuple[LoadedModel, torch.nn.Module, torch.nn.Module | None]:
-    """(the loaded base, the policy with the tuning method's trainable weights, a separate reference or None).
+def load_base(model_dir: Path, config: TrainConfig, device: torch.device) -> LoadedModel:
+    """The base model the tuning method trains on (an adapter MODEL_DIR's base)."""
+    method = METHODS.get(tuning_method(config, model_dir))
+    method.check_available(device)
+    base_dir = resolve_base(model_dir, None) if is_adapter_dir(model_dir) else model_dir
+    loaded = method.load(base_dir, device, config)
+    loaded.model.config.use_cache = False
+    return loaded
+
+
+def prepare_policy(
+    loaded: LoadedModel, model_dir: Path, config: TrainConfig, device: torch.device, uses_reference: bool
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(the policy with the tuning method's trainable weights, a separate reference or None).
 
     An SFT adapter MODEL_DIR goes on training (as adapter `default`; TRL freezes a copy as `ref`, the reference),
     so the policy starts where SFT ended and is held near it, not near the base. LoRA needs no second model (the
-    reference is the adapter switched off, or the `ref` adapter); full tuning loads a frozen copy.
+    reference is the adapter switched off, or the `ref` adapter); full tuning loads a frozen copy where the
+    objective has a reference (not ORPO).
     """
     from peft import PeftModel
     from transformers import set_seed
 
     method = METHODS.get(tuning_method(config, model_dir))
-    method.check_available(device)
     adapter = model_dir if is_adapter_dir(model_dir) else None
-    base_dir = resolve_base(model_dir, None) if adapter is not None else model_dir
-    loaded = method.load(base_dir, device, config)
-    loaded.model.config.use_cache = False
     if config.training_args.gradient_checkpointing:
         enable_gradient_checkpointing(loaded.model)
     set_seed(config.training_args.seed)
     reference = None
     if adapter is None:
         policy = method.prepare(loaded.model, config, loaded.family)
-        if not method.trains_adapter:
-            reference = method.load(base_dir, device, config).model.eval().requires_grad_(False)
+        if not method.trains_adapter and uses_reference:
+            reference = method.load(loaded.path, device, config).model.eval().requires_grad_(False)
     elif not method.trains_adapter:
         raise WenzhenError(
             "MODEL_DIR is an adapter; preference.tuning full needs a merged model (`wenzhen merge`)"
@@ -405,7 +498,31 @@ def load_policy(
         # TRL's trainers copy a trained-on adapter into a frozen `ref` adapter: the reference (adapter weights only).
         policy = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=True)
     policy.train()
-    return loaded, policy, reference
+    return policy, reference
+
+
+def plan_speed(
+    config: TrainConfig,
+    loaded: LoadedModel,
+    rows: list[dict[str, Any]],
+    device: torch.device,
+    objective: PreferenceObjective,
+) -> tuple[TrainConfig, SpeedPlan]:
+    """The run's speed settings for this GPU and these pairs (`plan_preference_performance`)."""
+    hardware = None
+    if device.type == "cuda":
+        full = config.method_name == "full"
+        hardware = measure_hardware(loaded.model, device, full, config.performance.memory_gib)
+    lengths = [
+        PairLengths(len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"]), row["length"])
+        for row in rows
+        if objective.paired
+    ]
+    # Full logits: bf16 logits and their gradient, fp32 log-softmax and its gradient, a token each.
+    vocabulary = loaded.model.get_output_embeddings().weight.shape[0] if objective.full_logits else 0
+    return plan_preference_performance(
+        config, hardware, lengths, world_size(), objective.paired, vocabulary * 12
+    )
 
 
 @dataclass
@@ -468,31 +585,33 @@ def train_preference(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Align `model_dir` on the preference data of `data_dir`; write the run folder and return the summary."""
-    from datasets import Dataset
-
     from wenzhen.train.trainer import save_final, training_device
 
     objective = OBJECTIVES.get(config.objective)
     device = training_device(config)
     output_dir = Path(config.training_args.output_dir)
-    loaded, policy, reference = load_policy(model_dir, config, device)
-    choose_attention(loaded.model, device, config.performance.attention, packed=False)
-    if config.performance.compile and device.type == "cuda":
+    loaded = load_base(model_dir, config, device)
+    data = encode_splits(data_dir, config, loaded, objective.paired)
+    config, plan = plan_speed(config, loaded, data.train_rows, device, objective)
+    attention = choose_attention(loaded.model, device, config.performance.attention, packed=False)
+    log.info("%s", describe(plan, attention))
+    policy, reference = prepare_policy(loaded, model_dir, config, device, objective.uses_reference)
+    if config.performance.compile is True and device.type == "cuda":
         compile_decoder_layers(policy)
     if config.packing:
-        log.info(
-            "notice: TRL trains preference pairs as padded batches (its padding_free is disabled); no packing"
-        )
-    data = encode_splits(data_dir, config, loaded, objective.paired)
+        log.info("notice: TRL trains preference pairs as padded batches (no padding-free mode); no packing")
     dev_kinds = data.reports["dev"].kinds
     clock = StepClock()
+    arguments = trl_arguments(config, output_dir, device, bool(data.dev_rows), config_dir)
+    if plan.length_grouped:
+        arguments["train_sampling_strategy"] = "group_by_length"  # rows carry `length`
     trainer = objective.build(
         config,
-        trl_arguments(config, output_dir, device, bool(data.dev_rows), config_dir),
+        arguments,
         model=policy,
         ref_model=reference,
         train_dataset=data.train_rows,
-        eval_dataset=Dataset.from_list(data.dev_rows) if data.dev_rows else None,
+        eval_dataset=data.dev_rows or None,
         processing_class=loaded.tokenizer,
         # The bar's steady tokens/s counts sequence tokens (each prompt once per answer); summary.json has the
         # prompt + chosen + rejected rate.
@@ -501,19 +620,20 @@ def train_preference(
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     # Scored once the trainer has set up the reference (a `ref` adapter copy where the adapter was trained before).
-    before = preference_metrics(policy, reference, data.dev_pairs, dev_kinds, config.preference.beta)
+    beta, reference_free = config.preference.beta, not objective.uses_reference
+    before = preference_metrics(policy, reference, data.dev_pairs, dev_kinds, beta, reference_free)
     if trainer.args.should_save:
-        record_run(output_dir, config, model_dir, loaded, data_dir, objective.name, data.reports)
+        record_run(output_dir, config, model_dir, loaded, data_dir, objective.name, data.reports, plan)
 
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.monotonic() - started
-    after = preference_metrics(policy, reference, data.dev_pairs, dev_kinds, config.preference.beta)
+    after = preference_metrics(policy, reference, data.dev_pairs, dev_kinds, beta, reference_free)
     if REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
         policy.delete_adapter(REFERENCE_ADAPTER)  # type: ignore[operator]  # the reference is not the result
     final = save_final(trainer, output_dir)
     summary = summarise(
-        trainer, config, objective.name, data.reports["train"], seconds, device, final, before, after
+        trainer, config, objective.name, data.reports["train"], seconds, device, final, before, after, clock
     )
     if trainer.args.should_save:
         write_json(output_dir / SUMMARY_FILE, summary)
@@ -530,9 +650,10 @@ def record_run(
     data_dir: Path,
     objective: str,
     reports: dict[str, PreferenceReport],
+    plan: SpeedPlan,
 ) -> None:
-    """run.json (the resolved config; the base model, so the adapter merges and serves like an SFT one) and
-    preference.json (what happened to each split's examples)."""
+    """run.json (the resolved config and speed plan; the base model, so the adapter merges and serves like an SFT
+    one) and preference.json (what happened to each split's examples)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     write_run_info(
         output_dir,
@@ -546,6 +667,7 @@ def record_run(
                 "objective": objective,
                 "start": str(model_dir.resolve()),
                 "data_dir": str(data_dir.resolve()),
+                "performance_plan": plan.as_dict(),
             },
         ),
     )
@@ -562,9 +684,16 @@ def summarise(
     final: Path,
     before: dict[str, float],
     after: dict[str, float],
+    clock: StepClock,
 ) -> dict[str, Any]:
-    """summary.json: the SFT summary's keys plus the preference metrics."""
+    """summary.json: the SFT summary's keys plus the preference metrics.
+
+    Rates: `pair_tokens_per_second` over the whole run (prompt + chosen + rejected, each prompt once);
+    `steady_tokens_per_second` the tokens the model read (each prompt once per answer, padding left out) per second
+    after the first steps (StepClock); `steady_pair_tokens_per_second` that rate x the data's ratio of the two counts.
+    """
     rows = read_metrics(Path(trainer.args.output_dir) / METRICS_FILE)
+    steady = clock.tokens_per_second
     losses = [row["loss"] for row in rows if "loss" in row]
     evals = [row for row in rows if "eval_loss" in row]
     trainable, total = count_parameters(trainer.model)
@@ -579,6 +708,10 @@ def summarise(
         "pair_tokens": int(report.tokens * epochs),
         "train_seconds": round(seconds, 3),
         "pair_tokens_per_second": round(report.tokens * epochs / seconds, 1) if seconds > 0 else 0.0,
+        "steady_tokens_per_second": round(steady, 1) if steady is not None else None,
+        "steady_pair_tokens_per_second": round(steady * report.tokens / report.sequence_tokens, 1)
+        if steady is not None and report.sequence_tokens
+        else None,
         "first_loss": round(losses[0], 6) if losses else None,
         "final_loss": round(losses[-1], 6) if losses else None,
         "final_eval_loss": round(evals[-1]["eval_loss"], 6) if evals else None,
@@ -603,7 +736,12 @@ def format_preference_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"trained {summary['objective']} ({summary['method']}) for {summary['steps']} steps on "
         f"{summary['train_pairs']} examples in {summary['train_seconds']:.1f} s "
-        f"({summary['pair_tokens_per_second']:,.0f} prompt+answer tokens/s)",
+        f"({summary['pair_tokens_per_second']:,.0f} prompt+answer tokens/s overall"
+        + (
+            f", {summary['steady_pair_tokens_per_second']:,.0f} steady)"
+            if summary.get("steady_pair_tokens_per_second") is not None
+            else ")"
+        ),
         f"loss {summary['first_loss']} -> {summary['final_loss']}",
     ]
     for kind, after_kind in (after.get("by_kind") or {}).items():
