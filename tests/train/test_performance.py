@@ -13,6 +13,7 @@ from wenzhen.train.performance import (
     FOUR_BIT_ACTIVATION_FACTOR,
     Hardware,
     compile_decoder_layers,
+    describe,
     estimate_peak_gib,
     four_bit_elements,
     plan_performance,
@@ -195,3 +196,22 @@ def test_four_bit_weights_are_found_in_a_quantized_model(tiny_glm, tmp_path):
     )
     linear = sum(m.weight.numel() for m in tiny_glm.model.layers.modules() if isinstance(m, torch.nn.Linear))
     assert four_bit_elements(quantized) * 2 == linear
+
+
+def test_the_fused_loss_is_chosen_where_liger_kernel_is_installed_and_refused_with_the_fix_elsewhere():
+    config = shipped_lora()
+    with_liger = Hardware(**{**gpu(80).__dict__, "can_fuse_loss": True})
+    resolved, plan = plan_performance(
+        config, with_liger, [300] * 10, 1, packed=True, allow_checkpointing=True
+    )
+    assert plan.fused_loss and resolved.performance.fused_loss is True and "fused" in describe(plan, "sdpa")
+    _, plan = plan_performance(config, gpu(80), [300] * 10, 1, packed=True, allow_checkpointing=True)
+    assert plan.fused_loss is False
+    _, plan = plan_performance(config, None, [300] * 10, 1, packed=True, allow_checkpointing=True)
+    assert plan.fused_loss is False
+    forced = config.model_copy(deep=True)
+    forced.performance.fused_loss = True
+    with pytest.raises(WenzhenError, match=r"needs liger-kernel .*set it to auto or false"):
+        plan_performance(forced, gpu(80), [300] * 10, 1, packed=True, allow_checkpointing=True)
+    with pytest.raises(WenzhenError, match=r"needs a CUDA GPU"):
+        plan_performance(forced, None, [300] * 10, 1, packed=True, allow_checkpointing=True)

@@ -237,6 +237,11 @@ class PerformanceConfig(StrictModel):
         description="labelled positions per fp32 cross-entropy chunk (recomputed in backward, so only the bf16 "
         "logits stay in memory); None: one piece",
     )
+    fused_loss: bool | Literal["auto"] = Field(
+        default="auto",
+        description="lm_head and cross-entropy fused in chunks by liger-kernel (no logits kept; CUDA, with "
+        "sparse_logits); auto: on where liger-kernel is installed and training runs on a GPU",
+    )
     compile: bool | Literal["auto"] = Field(
         default="auto",
         description="torch.compile each decoder layer in place (CUDA; one compilation reused by every layer); "

@@ -113,6 +113,7 @@ class SpeedPlan:
     gradient_accumulation_steps: int
     gradient_checkpointing: bool
     compile: bool
+    fused_loss: bool
     memory_gib: float | None
     estimated_peak_gib: float | None
     estimated_tokens_per_second: float | None
@@ -135,6 +136,7 @@ class Hardware:
     shape_units: int  # layers x (hidden + intermediate)
     can_compile: bool  # Triton present, so torch.compile can build GPU kernels
     four_bit: bool = False  # a 4-bit (QLoRA) base: more activation memory per token, no compilation
+    can_fuse_loss: bool = False  # liger-kernel present (its fused linear cross-entropy)
 
 
 def measure_hardware(
@@ -159,6 +161,15 @@ def measure_hardware(
         shape_units=shape_units(model.config),
         can_compile=importlib.util.find_spec("triton") is not None and not packed,
         four_bit=packed > 0,
+        can_fuse_loss=liger_available(),
+    )
+
+
+def liger_available() -> bool:
+    """liger-kernel and the Triton it builds its kernels with are installed."""
+    return (
+        importlib.util.find_spec("liger_kernel") is not None
+        and importlib.util.find_spec("triton") is not None
     )
 
 
@@ -258,6 +269,7 @@ def plan_performance(
     rate: float | None = None
     why: list[str] = []
     compiled = speed.compile if speed.compile != "auto" else bool(can_compile and (on_gpu_rows or row_tokens))
+    fused = choose_fused_loss(speed.fused_loss, hardware, speed.sparse_logits)
     if on_gpu_rows and hardware is not None:
         options: tuple[bool, ...] = (False, True) if allow_checkpointing else (False,)
         if explicit_checkpointing is not None:
@@ -299,7 +311,9 @@ def plan_performance(
         why.append(f"estimated peak {peak} of {usable} usable GiB")
     resolved = config.model_copy(
         update={
-            "performance": speed.model_copy(update={"row_tokens": row_tokens, "compile": compiled}),
+            "performance": speed.model_copy(
+                update={"row_tokens": row_tokens, "compile": compiled, "fused_loss": fused}
+            ),
             "training_args": args.model_copy(
                 update={
                     "gradient_checkpointing": checkpointing,
@@ -316,6 +330,7 @@ def plan_performance(
         gradient_accumulation_steps=accumulation,
         gradient_checkpointing=checkpointing,
         compile=compiled,
+        fused_loss=fused,
         memory_gib=usable,
         estimated_peak_gib=peak,
         estimated_tokens_per_second=rate,
@@ -324,12 +339,31 @@ def plan_performance(
     return resolved, plan
 
 
+def choose_fused_loss(requested: bool | str, hardware: Hardware | None, sparse_logits: bool) -> bool:
+    """`performance.fused_loss` resolved: auto is on for a GPU with liger-kernel installed (and sparse_logits on,
+    the loss path it replaces); an explicit true where that is missing is an error that says what to change."""
+    possible = hardware is not None and hardware.can_fuse_loss and sparse_logits
+    if requested == "auto":
+        return possible
+    if requested and not possible:
+        missing = (
+            "performance.sparse_logits: true"
+            if not sparse_logits
+            else "a CUDA GPU"
+            if hardware is None
+            else "liger-kernel (pip install liger-kernel)"
+        )
+        raise WenzhenError(f"performance.fused_loss: true needs {missing}; set it to auto or false")
+    return bool(requested)
+
+
 def describe(plan: SpeedPlan, attention: str) -> str:
     """The one line logged at the start of a run."""
     rows = f"rows of {plan.row_tokens} tokens" if plan.row_tokens else "samples concatenated per batch"
     return (
         f"performance: {rows}, batch {plan.per_device_train_batch_size} x {plan.gradient_accumulation_steps} "
         f"accumulated, checkpointing {'on' if plan.gradient_checkpointing else 'off'}, "
-        f"compile {'on' if plan.compile else 'off'}, attention {attention} ({plan.reason}; "
+        f"compile {'on' if plan.compile else 'off'}, loss {'fused (liger)' if plan.fused_loss else 'chunked'}, "
+        f"attention {attention} ({plan.reason}; "
         "explicit performance.* / training_args keys override)"
     )
