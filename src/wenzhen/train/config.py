@@ -248,7 +248,8 @@ class PerformanceConfig(StrictModel):
     fused_loss: bool | Literal["auto"] = Field(
         default="auto",
         description="lm_head and cross-entropy fused in chunks by liger-kernel (no logits kept; CUDA, with "
-        "sparse_logits); auto: on where liger-kernel is installed and training runs on a GPU",
+        "sparse_logits); auto: on where liger-kernel is installed, training runs on a GPU and the lm_head is "
+        "frozen (adapter methods)",
     )
     compile: bool | Literal["auto"] = Field(
         default="auto",

@@ -136,7 +136,9 @@ class Hardware:
     shape_units: int  # layers x (hidden + intermediate)
     can_compile: bool  # Triton present, so torch.compile can build GPU kernels
     four_bit: bool = False  # a 4-bit (QLoRA) base: more activation memory per token, no compilation
-    can_fuse_loss: bool = False  # liger-kernel present (its fused linear cross-entropy)
+    # liger-kernel present and the lm_head frozen (adapter methods): its fused linear cross-entropy then needs no
+    # weight gradient, which under DDP would arrive outside the wrapped forward.
+    can_fuse_loss: bool = False
 
 
 def measure_hardware(
@@ -161,7 +163,7 @@ def measure_hardware(
         shape_units=shape_units(model.config),
         can_compile=importlib.util.find_spec("triton") is not None and not packed,
         four_bit=packed > 0,
-        can_fuse_loss=liger_available(),
+        can_fuse_loss=liger_available() and not full,
     )
 
 
@@ -352,6 +354,8 @@ def choose_fused_loss(requested: bool | str, hardware: Hardware | None, sparse_l
             else "a CUDA GPU"
             if hardware is None
             else "liger-kernel (pip install liger-kernel)"
+            if not liger_available()
+            else "a frozen lm_head (LoRA, QLoRA or P-Tuning v2)"
         )
         raise WenzhenError(f"performance.fused_loss: true needs {missing}; set it to auto or false")
     return bool(requested)
