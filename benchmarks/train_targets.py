@@ -146,6 +146,7 @@ def wenzhen_row(
         "tokens_per_second": summary["steady_tokens_per_second"],
         "overall_tokens_per_second": summary["tokens_per_second"],
         "train_seconds": summary["train_seconds"],
+        "first_step_seconds": summary.get("first_step_seconds"),
         "process_seconds": round(time.monotonic() - started, 1),
         "peak_gpu_gib": summary["peak_memory_bytes"] / 2**30,
         "world_size": summary["world_size"],
@@ -186,12 +187,13 @@ def write_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
         f"ChatGLM3-6B shapes, random bf16 weights; Toyhom consultations via `wenzhen data prepare`; "
         f"{args.warmup} warm-up + {args.steps} timed steps; steady tokens/s (non-padding input tokens, all GPUs).",
         "",
-        "| run | steady tokens/s | vs official | peak GPU GiB | plan (rows x per step, checkpointing, compile, loss) |",
-        "|---|---|---|---|---|",
+        "| run | steady tokens/s | vs official | peak GPU GiB | first step s | plan (rows x per step, checkpointing, "
+        "compile, loss) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in runs.items():
         if "error" in row:
-            lines.append(f"| {name} | failed: {row['error'][:160]} | | | |")
+            lines.append(f"| {name} | failed: {row['error'][:160]} | | | | |")
             continue
         rate = row["tokens_per_second"] or 0.0
         ratio = f"{rate / base:.1f}x" if base else ""
@@ -203,7 +205,11 @@ def write_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
             if plan
             else "batch 4 padded, on, off, transformers' loss"
         )
-        lines.append(f"| {name} | {rate:,.0f} | {ratio} | {row['peak_gpu_gib']:.1f} | {described} |")
+        first = row.get("first_step_seconds")
+        first_text = f"{first:.0f}" if first is not None else ""
+        lines.append(
+            f"| {name} | {rate:,.0f} | {ratio} | {row['peak_gpu_gib']:.1f} | {first_text} | {described} |"
+        )
     one, two = (
         runs.get("shipped lora.yaml, 1 GPU (CUDA_VISIBLE_DEVICES=0)"),
         runs.get("shipped lora.yaml, 2 GPUs"),

@@ -34,6 +34,15 @@ def test_compiles_each_layer_in_place_without_renaming_weights(tiny_glm):
     assert list(tiny_glm.state_dict()) == names
 
 
+def test_with_frozen_embeddings_every_layer_gets_an_input_that_requires_grad(tiny_glm):
+    """Otherwise the first layer's input differs from the others' in requires_grad, a guard that makes it compile
+    a second pair of graphs (measured with torch's recompile log: two graphs for a LoRA model, one with this)."""
+    peft_model = get_peft_model(tiny_glm, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    compile_decoder_layers(peft_model)
+    ids = torch.randint(1, 300, (1, 8))
+    assert peft_model.get_input_embeddings()(ids).requires_grad
+
+
 def test_a_model_without_repeated_layers_is_refused_with_the_fix():
     with pytest.raises(WenzhenError, match=r"performance\.compile: false"):
         repeated_layers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))

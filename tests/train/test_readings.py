@@ -27,4 +27,5 @@ def test_the_step_clock_settles_only_at_its_window_edges():
         state.global_step = step
         control.should_log = step == 6
         clock.on_step_end(None, state, control)  # type: ignore[arg-type]
-    assert settled == [2, 6, 10]  # end of warm-up, before a log, the last step
+    assert settled == [1, 2, 6, 10]  # the first step, end of warm-up, before a log, the last step
+    assert clock.first_step_seconds is not None

@@ -524,6 +524,9 @@ def summarise(
         "train_seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else 0.0,
         "steady_tokens_per_second": round(steady, 1) if steady is not None else None,
+        "first_step_seconds": round(clock.first_step_seconds, 1)
+        if clock.first_step_seconds is not None
+        else None,
         "first_loss": round(losses[0], 6) if losses else None,
         "final_loss": round(losses[-1], 6) if losses else None,
         "final_eval_loss": round(evals[-1], 6) if evals else None,
@@ -668,7 +671,14 @@ def record_speed(output_dir: Path, summary: dict[str, Any]) -> None:
     info = read_run_info(output_dir)
     if info is None:
         return
-    keys = ("train_seconds", "tokens", "tokens_per_second", "steady_tokens_per_second", "world_size")
+    keys = (
+        "train_seconds",
+        "first_step_seconds",
+        "tokens",
+        "tokens_per_second",
+        "steady_tokens_per_second",
+        "world_size",
+    )
     measured = {key: summary[key] for key in keys}
     write_run_info(output_dir, info.model_copy(update={"extra": {**info.extra, "speed": measured}}))
 
