@@ -5,6 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from wenzhen.train.loss import (
+    FusedLoss,
     chunked_cross_entropy_sum,
     fused_head_loss,
     labelled_positions,
@@ -96,3 +97,31 @@ def test_the_fused_path_returns_hidden_states_to_the_head_loss_and_matches(tiny_
         if parameter.requires_grad:
             assert torch.allclose(parameter.grad, expected[name], atol=1e-6), name
     assert isinstance(tiny_glm.get_output_embeddings(), torch.nn.Linear)  # put back after the forward
+
+
+def test_a_fused_loss_that_cannot_run_falls_back_to_the_chunked_loss_with_one_notice(tiny_glm, caplog):
+    """Here liger-kernel is not installed (a CPU machine): the first call fails to import it, says so once, and the
+    run goes on with the chunked loss; the same happens where liger's Triton kernel cannot build."""
+    inputs = batch()
+    fused = FusedLoss(chunk=None)
+    with caplog.at_level("WARNING"):
+        first = fused(tiny_glm, inputs, None)
+        second = fused(tiny_glm, inputs, None)
+    assert torch.allclose(first, sparse_logits_loss(tiny_glm, inputs)) and torch.allclose(second, first)
+    assert sum("fused loss (liger-kernel) does not run here" in r.message for r in caplog.records) == 1
+    assert isinstance(tiny_glm.get_output_embeddings(), torch.nn.Linear)
+
+
+def test_once_the_fused_loss_has_worked_its_errors_are_raised(tiny_glm):
+    calls = []
+
+    def head_loss(weight, bias, hidden, targets):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("kernel broke mid-run")
+        return plain_head_loss(weight, bias, hidden, targets)
+
+    fused = FusedLoss(chunk=None, head_loss=head_loss)
+    fused(tiny_glm, batch(), None)
+    with pytest.raises(RuntimeError, match="mid-run"):
+        fused(tiny_glm, batch(), None)

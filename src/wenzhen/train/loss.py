@@ -18,6 +18,7 @@ memory-bound passes over them). Neither transformers nor peft offers that for a 
 swap of the lm_head below is the only hand-written part, the kernel is liger's.
 """
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -157,3 +160,45 @@ def fused_head_loss(
     if isinstance(count, torch.Tensor):
         count = count.to(total.device)
     return total / count
+
+
+class FusedLoss:
+    """`fused_head_loss` for a whole run, with a way out: when its first use fails (liger-kernel missing or broken,
+    its Triton kernel not building on this GPU), one notice says so and the run continues on the chunked
+    `sparse_logits_loss`. Once the fused loss has worked, later errors are real and raised. An out-of-memory error
+    is never taken for a missing kernel.
+    """
+
+    def __init__(self, chunk: int | None, head_loss: HeadLoss = liger_head_loss) -> None:
+        self.chunk, self.head_loss = chunk, head_loss
+        self.proven = False
+        self.failed = False
+
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: int | torch.Tensor | None,
+        unwrapped: nn.Module | None = None,
+    ) -> torch.Tensor:
+        if self.failed:
+            return sparse_logits_loss(model, inputs, num_items_in_batch, chunk=self.chunk)
+        try:
+            loss = fused_head_loss(
+                model, inputs, num_items_in_batch, unwrapped=unwrapped, head_loss=self.head_loss
+            )
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # whatever the kernel library raises, the chunked loss still works
+            if self.proven:
+                raise
+            self.failed = True
+            log.warning(
+                "notice: the fused loss (liger-kernel) does not run here (%s: %s); using the chunked loss instead "
+                "(set performance.fused_loss: false to skip the attempt)",
+                type(exc).__name__,
+                str(exc)[:160],
+            )
+            return sparse_logits_loss(model, inputs, num_items_in_batch, chunk=self.chunk)
+        self.proven = True
+        return loss

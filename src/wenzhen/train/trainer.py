@@ -63,7 +63,7 @@ from wenzhen.train.checkpoints import (
 from wenzhen.train.config import PerformanceConfig, TrainConfig
 from wenzhen.train.encoding import EncodedSample, EncodingReport, encode_rows
 from wenzhen.train.evaluation import DevGeneration
-from wenzhen.train.loss import fused_head_loss, sparse_logits_loss
+from wenzhen.train.loss import FusedLoss, sparse_logits_loss
 from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing
 from wenzhen.train.packing import RowDataset, SampleDataset, make_collator, pack_rows
 from wenzhen.train.performance import (
@@ -136,6 +136,7 @@ class WenzhenTrainer(Trainer):
     dev_generation: DevGeneration | None = None
     chat_model: LoadedModel | None = None
     performance: PerformanceConfig | None = None
+    fused_loss: FusedLoss | None = None
 
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
@@ -186,8 +187,11 @@ class WenzhenTrainer(Trainer):
         if return_outputs or speed is None or not speed.sparse_logits or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if speed.fused_loss is True:
-            unwrapped = self.accelerator.unwrap_model(model)
-            loss = fused_head_loss(model, inputs, num_items_in_batch, unwrapped=unwrapped)
+            if self.fused_loss is None:
+                self.fused_loss = FusedLoss(chunk=speed.loss_chunk)
+            loss = self.fused_loss(
+                model, inputs, num_items_in_batch, unwrapped=self.accelerator.unwrap_model(model)
+            )
         else:
             loss = sparse_logits_loss(model, inputs, num_items_in_batch, chunk=speed.loss_chunk)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
