@@ -131,7 +131,9 @@ def wenzhen_row(
     else:
         launcher = [sys.executable, "-m", "wenzhen"]
     started = time.monotonic()
-    log = args.work / f"{slug(name)}.log"
+    # Beside the results, so a call stopped by its time limit still returns the log of the row it stopped in.
+    log = args.results / "logs" / f"{slug(name)}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as handle:
         done = subprocess.run([*launcher, *command], env=environment(visible), stdout=handle, stderr=handle)
     if done.returncode != 0:
@@ -234,6 +236,7 @@ def write_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
             + "; ".join(f"{name.split(',')[1].strip()} {loss:.5f}" for name, loss in first_losses.items())
             + ".",
         ]
+    lines += [f"\n{note}" for note in report.get("notes", [])]
     results_path(args, report["card"], "md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
