@@ -173,6 +173,7 @@ def write_results(report: dict[str, Any], results: Path) -> None:
             f"| {name} | {row['steps']} | {row['tokens']:,} | {curve} | {row['final_train_loss']} | "
             f"{row['seconds']} |"
         )
+    lines += [f"\n{note}" for note in report.get("notes", [])]
     (results / "recipe_batch.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
