@@ -101,7 +101,7 @@ def official(args: argparse.Namespace) -> None:
     rows = read_jsonl(prepared / "train.jsonl")
     samples, _ = encode_rows(rows, ChatGLM3Family(), tokenizer, 256 + 512 + 1, "official")
     model = train_throughput.official_lora(train_throughput.random_model(args.config))
-    timing = argparse.Namespace(warmup=args.warmup, steps=args.steps)
+    timing = argparse.Namespace(warmup=args.warmup, steps=args.official_steps or args.steps)
     row = train_throughput.run_official(model, tokenizer, samples, timing, True, args.work)
     print("ROW " + json.dumps(row), flush=True)
 
@@ -131,7 +131,9 @@ def wenzhen_row(
     else:
         launcher = [sys.executable, "-m", "wenzhen"]
     started = time.monotonic()
-    log = args.work / f"{slug(name)}.log"
+    # Beside the results, so a call stopped by its time limit still returns the log of the row it stopped in.
+    log = args.results / "logs" / f"{slug(name)}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as handle:
         done = subprocess.run([*launcher, *command], env=environment(visible), stdout=handle, stderr=handle)
     if done.returncode != 0:
@@ -146,6 +148,7 @@ def wenzhen_row(
         "tokens_per_second": summary["steady_tokens_per_second"],
         "overall_tokens_per_second": summary["tokens_per_second"],
         "train_seconds": summary["train_seconds"],
+        "first_step_seconds": summary.get("first_step_seconds"),
         "process_seconds": round(time.monotonic() - started, 1),
         "peak_gpu_gib": summary["peak_memory_bytes"] / 2**30,
         "world_size": summary["world_size"],
@@ -186,23 +189,29 @@ def write_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
         f"ChatGLM3-6B shapes, random bf16 weights; Toyhom consultations via `wenzhen data prepare`; "
         f"{args.warmup} warm-up + {args.steps} timed steps; steady tokens/s (non-padding input tokens, all GPUs).",
         "",
-        "| run | steady tokens/s | vs official | peak GPU GiB | plan (rows x per step, checkpointing, compile) |",
-        "|---|---|---|---|---|",
+        "| run | steady tokens/s | vs official | peak GPU GiB | first step s | plan (rows x per step, checkpointing, "
+        "compile, loss) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in runs.items():
         if "error" in row:
-            lines.append(f"| {name} | failed: {row['error'][:160]} | | | |")
+            lines.append(f"| {name} | failed: {row['error'][:160]} | | | | |")
             continue
         rate = row["tokens_per_second"] or 0.0
         ratio = f"{rate / base:.1f}x" if base else ""
         plan = row.get("plan")
         described = (
             f"{plan['row_tokens']} x {plan['gradient_accumulation_steps']}, "
-            f"{'on' if plan['gradient_checkpointing'] else 'off'}, {'on' if plan['compile'] else 'off'}"
+            f"{'on' if plan['gradient_checkpointing'] else 'off'}, {'on' if plan['compile'] else 'off'}, "
+            f"{'fused' if plan.get('fused_loss') else 'chunked'}"
             if plan
-            else "batch 4 padded, on, off"
+            else "batch 4 padded, on, off, transformers' loss"
         )
-        lines.append(f"| {name} | {rate:,.0f} | {ratio} | {row['peak_gpu_gib']:.1f} | {described} |")
+        first = row.get("first_step_seconds")
+        first_text = f"{first:.0f}" if first is not None else ""
+        lines.append(
+            f"| {name} | {rate:,.0f} | {ratio} | {row['peak_gpu_gib']:.1f} | {first_text} | {described} |"
+        )
     one, two = (
         runs.get("shipped lora.yaml, 1 GPU (CUDA_VISIBLE_DEVICES=0)"),
         runs.get("shipped lora.yaml, 2 GPUs"),
@@ -215,6 +224,19 @@ def write_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
             f"loss difference over {min(len(one['losses']), len(two['losses']))} steps: {gap:.4f} "
             "(LoRA dropout draws differ per process).",
         ]
+    first_losses = {
+        name: row["losses"][0]
+        for name, row in runs.items()
+        if name.startswith("best: 16k") and row.get("losses")
+    }
+    if len(first_losses) == 2:
+        lines += [
+            "",
+            "First-step training loss, same rows and seed: "
+            + "; ".join(f"{name.split(',')[1].strip()} {loss:.5f}" for name, loss in first_losses.items())
+            + ".",
+        ]
+    lines += [f"\n{note}" for note in report.get("notes", [])]
     results_path(args, report["card"], "md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -238,6 +260,12 @@ def main() -> None:
         "--warmup", type=int, default=3, help="steps before timing (the run's own warm-up is 3)"
     )
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--official-steps",
+        type=int,
+        default=None,
+        help="timed steps of the official recipe (default --steps)",
+    )
     parser.add_argument("--two-gpus", action="store_true", help="also the plain command on two GPUs")
     parser.add_argument("--only", nargs="*", default=None, help="run only the rows whose names contain these")
     parser.add_argument(
@@ -254,20 +282,28 @@ def main() -> None:
     if args.part == "official":
         return official(args)
     data, model = prepare(args)
+    # The best settings: one long row a step, no recomputation, compiled layers; logged every 10 steps as the
+    # shipped config is (logging waits for the GPU; the steps between do not, see trainer.HostReadings).
     best = ["--batch-size", "1", "--set", "training_args.gradient_checkpointing=false"]
+    best += ["--set", "performance.compile=true", "--set", "training_args.logging_steps=10"]
+    fused, chunked = ["--set", "performance.fused_loss=true"], ["--set", "performance.fused_loss=false"]
+
+    def best_row(rows: int, loss: list[str]) -> Any:
+        name = f"best-{rows // 1024}k-{loss[-1].split('=')[1]}"
+        extra = [*best, *loss, "--set", f"performance.row_tokens={rows}"]
+        return lambda: wenzhen_row(args, data, model, name, extra, "0", cap=False)
+
     rows: dict[str, Any] = {
         "official recipe (1 GPU)": lambda: run_part(args, "official"),
+        "best: 16k rows, fused loss (liger), compile, no checkpointing (1 GPU)": best_row(16384, fused),
+        "best: 16k rows, chunked loss, compile, no checkpointing (1 GPU)": best_row(16384, chunked),
+        "best: 24k rows, fused loss (liger), compile, no checkpointing (1 GPU)": best_row(24576, fused),
+        "best: 32k rows, fused loss (liger), compile, no checkpointing (1 GPU)": best_row(32768, fused),
         "shipped lora.yaml, 1 GPU (CUDA_VISIBLE_DEVICES=0)": lambda: wenzhen_row(
             args, data, model, "shipped-1gpu", [], "0", cap=False
         ),
         f"shipped lora.yaml, 1 GPU capped at {CAP_GIB} GiB": lambda: wenzhen_row(
             args, data, model, "shipped-capped", [], "0", cap=True
-        ),
-        "best: 16k rows, compile, no checkpointing (1 GPU)": lambda: wenzhen_row(
-            args, data, model, "best-16k", [*best, "--set", "performance.row_tokens=16384"], "0", cap=False
-        ),
-        "best: 24k rows, compile, no checkpointing (1 GPU)": lambda: wenzhen_row(
-            args, data, model, "best-24k", [*best, "--set", "performance.row_tokens=24576"], "0", cap=False
         ),
     }
     if args.two_gpus:

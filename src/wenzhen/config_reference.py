@@ -1,20 +1,18 @@
 """`docs/config-reference.md`, generated from the config models themselves so it can never drift from them.
 
 Every YAML file a command accepts (`--config` or the training CONFIG) is one of the pydantic models below; this
-module walks their fields (nested models become dotted keys) and writes one table per file kind: key, type,
+module walks their fields (nested models become dotted keys; the walkers are shared with the command-line options
+generated from the same fields, `wenzhen.config_options`) and writes one table per file kind: key, type,
 default, description. `tests/test_config_reference.py` fails when the committed page differs from the output.
 
     python -m wenzhen.config_reference > docs/config-reference.md
 """
 
 import json
-import types
-from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
+from wenzhen.config_options import field_default, nested_model, type_name, value_text
 from wenzhen.data.config import DataConfig
 from wenzhen.data.pairs import PairsConfig
 from wenzhen.demo import DemoConfig
@@ -59,49 +57,6 @@ def method_sections() -> list[tuple[str, str, type[BaseModel], str]]:
         )
         for model, names in owners.items()
     ]
-
-
-def nested_model(annotation: Any) -> type[BaseModel] | None:
-    """The config model a field holds directly (`Foo` or `Foo | None`), whose keys are documented one by one."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) in (Union, types.UnionType):
-        models = [arg for arg in get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)]
-        return models[0] if len(models) == 1 else None
-    return None
-
-
-def type_name(annotation: Any) -> str:
-    """A short readable type: `int | None`, `list[str]`, `'nf4' | 'fp4'`."""
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        return " | ".join(type_name(arg) for arg in get_args(annotation))
-    if str(origin).endswith("Literal"):
-        return " | ".join(repr(arg) for arg in get_args(annotation))
-    if origin is not None:
-        inner = ", ".join(type_name(arg) for arg in get_args(annotation))
-        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
-    if annotation is type(None):
-        return "null"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-REQUIRED = object()
-
-
-def field_default(field: FieldInfo) -> Any:
-    """A field's default value (factories called), or REQUIRED."""
-    if field.default is PydanticUndefined and field.default_factory is None:
-        return REQUIRED
-    return field.get_default(call_default_factory=True)
-
-
-def value_text(value: Any) -> str:
-    """A default as YAML would write it (`null`, `true`, numbers, JSON for lists), or `required`."""
-    if value is REQUIRED:
-        return "**required**"
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def rows(

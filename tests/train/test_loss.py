@@ -2,8 +2,16 @@
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 
-from wenzhen.train.loss import chunked_cross_entropy_sum, labelled_positions, sparse_logits_loss
+from wenzhen.train.loss import (
+    FusedLoss,
+    chunked_cross_entropy_sum,
+    fused_head_loss,
+    labelled_positions,
+    plain_head_loss,
+    sparse_logits_loss,
+)
 
 
 def batch() -> dict[str, torch.Tensor]:
@@ -57,3 +65,63 @@ def test_chunked_cross_entropy_keeps_ignored_targets_out_and_matches_one_piece()
     assert chunked.dtype == torch.float32
     assert torch.allclose(chunked, whole, rtol=1e-6)
     assert torch.equal(grad, expected)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_the_fused_path_returns_hidden_states_to_the_head_loss_and_matches(tiny_glm, wrapped):
+    """With the lm_head taken out of the forward and given to the head loss, value and gradients are unchanged,
+    for a plain and a peft-wrapped model (`plain_head_loss` is the unfused sum; on a GPU liger's kernel takes its
+    place)."""
+    model = (
+        get_peft_model(tiny_glm, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        if wrapped
+        else tiny_glm
+    )
+    inputs = batch()
+    reference = sparse_logits_loss(model, inputs)
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    seen = {}
+
+    def head_loss(weight, bias, hidden, targets):
+        seen["hidden"] = hidden.shape
+        return plain_head_loss(weight, bias, hidden, targets)
+
+    loss = fused_head_loss(model, inputs, head_loss=head_loss)
+    loss.backward()
+    positions = int(labelled_positions(inputs["labels"]).numel())
+    assert seen["hidden"] == (2 * positions, tiny_glm.config.hidden_size)
+    assert torch.allclose(loss, reference, atol=1e-6)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert torch.allclose(parameter.grad, expected[name], atol=1e-6), name
+    assert isinstance(tiny_glm.get_output_embeddings(), torch.nn.Linear)  # put back after the forward
+
+
+def test_a_fused_loss_that_cannot_run_falls_back_to_the_chunked_loss_with_one_notice(tiny_glm, caplog):
+    """Here liger-kernel is not installed (a CPU machine): the first call fails to import it, says so once, and the
+    run goes on with the chunked loss; the same happens where liger's Triton kernel cannot build."""
+    inputs = batch()
+    fused = FusedLoss(chunk=None)
+    with caplog.at_level("WARNING"):
+        first = fused(tiny_glm, inputs, None)
+        second = fused(tiny_glm, inputs, None)
+    assert torch.allclose(first, sparse_logits_loss(tiny_glm, inputs)) and torch.allclose(second, first)
+    assert sum("fused loss (liger-kernel) does not run here" in r.message for r in caplog.records) == 1
+    assert isinstance(tiny_glm.get_output_embeddings(), torch.nn.Linear)
+
+
+def test_once_the_fused_loss_has_worked_its_errors_are_raised(tiny_glm):
+    calls = []
+
+    def head_loss(weight, bias, hidden, targets):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("kernel broke mid-run")
+        return plain_head_loss(weight, bias, hidden, targets)
+
+    fused = FusedLoss(chunk=None, head_loss=head_loss)
+    fused(tiny_glm, batch(), None)
+    with pytest.raises(RuntimeError, match="mid-run"):
+        fused(tiny_glm, batch(), None)

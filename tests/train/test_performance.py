@@ -14,6 +14,7 @@ from wenzhen.train.performance import (
     Hardware,
     PairLengths,
     compile_decoder_layers,
+    describe,
     estimate_peak_gib,
     four_bit_elements,
     plan_performance,
@@ -33,6 +34,15 @@ def test_compiles_each_layer_in_place_without_renaming_weights(tiny_glm):
     assert compile_decoder_layers(tiny_glm) == 2
     assert all(layer._compiled_call_impl is not None for layer in tiny_glm.model.layers)
     assert list(tiny_glm.state_dict()) == names
+
+
+def test_with_frozen_embeddings_every_layer_gets_an_input_that_requires_grad(tiny_glm):
+    """Otherwise the first layer's input differs from the others' in requires_grad, a guard that makes it compile
+    a second pair of graphs (measured with torch's recompile log: two graphs for a LoRA model, one with this)."""
+    peft_model = get_peft_model(tiny_glm, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    compile_decoder_layers(peft_model)
+    ids = torch.randint(1, 300, (1, 8))
+    assert peft_model.get_input_embeddings()(ids).requires_grad
 
 
 def test_a_model_without_repeated_layers_is_refused_with_the_fix():
@@ -197,6 +207,25 @@ def test_four_bit_weights_are_found_in_a_quantized_model(tiny_glm, tmp_path):
     )
     linear = sum(m.weight.numel() for m in tiny_glm.model.layers.modules() if isinstance(m, torch.nn.Linear))
     assert four_bit_elements(quantized) * 2 == linear
+
+
+def test_the_fused_loss_is_chosen_where_liger_kernel_is_installed_and_refused_with_the_fix_elsewhere():
+    config = shipped_lora()
+    with_liger = Hardware(**{**gpu(80).__dict__, "can_fuse_loss": True})
+    resolved, plan = plan_performance(
+        config, with_liger, [300] * 10, 1, packed=True, allow_checkpointing=True
+    )
+    assert plan.fused_loss and resolved.performance.fused_loss is True and "fused" in describe(plan, "sdpa")
+    _, plan = plan_performance(config, gpu(80), [300] * 10, 1, packed=True, allow_checkpointing=True)
+    assert plan.fused_loss is False
+    _, plan = plan_performance(config, None, [300] * 10, 1, packed=True, allow_checkpointing=True)
+    assert plan.fused_loss is False
+    forced = config.model_copy(deep=True)
+    forced.performance.fused_loss = True
+    with pytest.raises(WenzhenError, match=r"needs liger-kernel .*set it to auto or false"):
+        plan_performance(forced, gpu(80), [300] * 10, 1, packed=True, allow_checkpointing=True)
+    with pytest.raises(WenzhenError, match=r"needs a CUDA GPU"):
+        plan_performance(forced, None, [300] * 10, 1, packed=True, allow_checkpointing=True)
 
 
 # --- preference pairs (`plan_preference_performance`) ------------------------------------------------------------

@@ -255,8 +255,9 @@ def test_orpo_through_the_cli_with_the_shipped_config_prefers_the_chosen_answers
     summary = json.loads((out / "summary.json").read_text())
     assert summary["objective"] == "orpo" and summary["steps"] == 8
     before, after = summary["dev_preference_before"], summary["dev_preference_after"]
-    # No reference: the reward is beta x the answer's mean log-probability, so "before" is the model's own taste.
-    assert after["pairs"] == 6 and after["reward_accuracy"] >= 0.8 > before["reward_accuracy"]
+    # No reference: the reward is beta x the answer's mean log-probability, so "before" is the model's own taste
+    # (on 6 pairs of a random tiny model it may already prefer the chosen answers); the margin must grow.
+    assert after["pairs"] == 6 and after["reward_accuracy"] >= 0.8
     assert after["reward_margin"] > max(before["reward_margin"], 0)
     evals = [row for row in read_metrics(out / "metrics.jsonl") if "eval_log_odds_ratio" in row]
     assert evals and "eval_rewards/accuracies" in evals[-1]

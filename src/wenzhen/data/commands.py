@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from wenzhen.config import load_yaml_config
+from wenzhen.config_options import ConfigOption, add_config_options, config_overrides, with_overrides
 from wenzhen.data.config import DataConfig
 from wenzhen.data.prepare import prepare
 from wenzhen.data.readers import READERS
@@ -31,15 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", required=True, type=Path, help="output directory (must not exist unless --force)"
     )
     parser.add_argument("--config", type=Path, help="YAML file with a DataConfig (see configs/data.yaml)")
-    parser.add_argument("--format", choices=READERS.names(), help="read every input with this reader")
-    parser.add_argument(
-        "--tokenizer", help="model directory whose tokenizer measures lengths (default: characters)"
-    )
-    parser.add_argument("--seed", type=int, help="split seed (default 42)")
-    parser.add_argument("--dev", type=_size, help="dev size: a ratio below 1 or a count")
-    parser.add_argument("--test", type=_size, help="test size: a ratio below 1 or a count")
-    parser.add_argument("--system-prompt", help="system turn prepended to every conversation")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_options(parser, DataConfig, prepare_options())
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.set_defaults(handler=run_prepare)
     register_pairs(commands)
@@ -99,33 +92,23 @@ def run_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size(text: str) -> float | int:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a ratio nor a count") from None
-    return int(value) if value >= 1 and value.is_integer() else value
+def prepare_options() -> list[ConfigOption]:
+    """The DataConfig keys `wenzhen data prepare` offers as options (type and help from the fields)."""
+    return [
+        ConfigOption("format", help="read every input with this reader", choices=READERS.names()),
+        ConfigOption("length.tokenizer", help="model directory whose tokenizer measures lengths"),
+        ConfigOption("seed"),
+        ConfigOption("split.dev"),
+        ConfigOption("split.test"),
+        ConfigOption("system_prompt"),
+        ConfigOption("progress", "--no-progress", sets=False, help="hide the progress bar"),
+    ]
 
 
 def config_from_args(args: argparse.Namespace) -> DataConfig:
     """The YAML config (or defaults) with the command-line options laid over it."""
     config = load_yaml_config(DataConfig, args.config) if args.config else DataConfig()
-    for option, value in (
-        ("format", args.format),
-        ("seed", args.seed),
-        ("system_prompt", args.system_prompt),
-    ):
-        if value is not None:
-            setattr(config, option, value)
-    if args.tokenizer is not None:
-        config.length.tokenizer = args.tokenizer
-    if args.dev is not None:
-        config.split.dev = args.dev
-    if args.test is not None:
-        config.split.test = args.test
-    if args.no_progress:
-        config.progress = False
-    return config
+    return with_overrides(config, config_overrides(args), str(args.config or "data prepare defaults"))
 
 
 def run_prepare(args: argparse.Namespace) -> int:

@@ -68,8 +68,8 @@ class LengthConfig(StrictModel):
 class SplitConfig(StrictModel):
     """dev/test sizes: a float below 1 is a ratio, an integer is a count; train takes the rest."""
 
-    dev: float | int = 0.05
-    test: float | int = 0.05
+    dev: float | int = Field(0.05, description="dev size: a ratio below 1 or a count")
+    test: float | int = Field(0.05, description="test size: a ratio below 1 or a count")
     stratify: bool = Field(True, description="split each department separately so each keeps its share")
 
     @model_validator(mode="after")
@@ -91,7 +91,7 @@ class DataConfig(StrictModel):
     format: str | None = Field(
         None, description="force one reader for every input (default: detect per file)"
     )
-    seed: int = 42
+    seed: int = Field(42, description="split seed")
     system_prompt: str | None = Field(
         None, description="a system turn prepended to every output conversation"
     )

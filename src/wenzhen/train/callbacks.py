@@ -9,6 +9,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,15 @@ class StepClock(TrainerCallback):
 
     def __init__(self, warmup: int = 3) -> None:
         self.warmup = warmup
+        # Called at the window's edges to bring the token count up to date (the trainer's check_readings).
+        self.settle: Callable[[], None] | None = None
         self.first_step = 0
         self.mark = 0.0
         self.tokens_at_mark = 0
         self.seconds = 0.0
         self.tokens = 0
+        # The first step alone: compilation and kernel tuning, what a user waits for before the bar moves.
+        self.first_step_seconds: float | None = None
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -49,11 +54,32 @@ class StepClock(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ):
+        if self.window_edge(state, control):
+            # Steps do not wait for the GPU (see trainer.HostReadings): time and count at the window's edges once
+            # its work is done.
+            if self.settle is not None:
+                self.settle()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
         now, tokens = time.monotonic(), int(state.num_input_tokens_seen or 0)
+        if state.global_step - self.first_step == 1:
+            self.first_step_seconds = now - self.mark
         if state.global_step - self.first_step > self.warmup:
             self.seconds += now - self.mark
             self.tokens += tokens - self.tokens_at_mark
         self.mark, self.tokens_at_mark = now, tokens
+
+    def window_edge(self, state: TrainerState, control: TrainerControl) -> bool:
+        """The end of the first step, of warm-up, of the run, or of a stretch of steps before logging, evaluation or
+        saving."""
+        pause = (
+            control.should_log
+            or control.should_evaluate
+            or control.should_save
+            or control.should_training_stop
+        )
+        done = state.global_step - self.first_step
+        return done in (1, self.warmup) or state.global_step >= state.max_steps or pause
 
     def _pause_ends(self, *args: Any, **kwargs: Any) -> None:
         # Logging, evaluation and saving run between two steps; the next step's time starts after them.

@@ -8,7 +8,9 @@ from typing import Any
 
 import yaml
 
+from wenzhen.config_options import ConfigOption, add_config_options, config_overrides
 from wenzhen.errors import ConfigError
+from wenzhen.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,32 @@ GPU itself (torch's elastic launcher, DDP); --gpus or CUDA_VISIBLE_DEVICES restr
 """
 
 
+# The config keys `wenzhen train` offers as options; type, choices and help come from the fields themselves.
+TRAIN_OPTIONS = [
+    ConfigOption("training_args.output_dir"),
+    ConfigOption("method"),
+    ConfigOption("training_args.max_steps"),
+    ConfigOption("training_args.learning_rate"),
+    ConfigOption("training_args.per_device_train_batch_size", "--batch-size"),
+    ConfigOption("training_args.save_steps"),
+    ConfigOption("training_args.save_total_limit"),
+    ConfigOption(
+        "training_args.eval_steps", help="evaluate on the dev split every N steps (sets eval_strategy)"
+    ),
+    ConfigOption("training_args.deepspeed", help="DeepSpeed JSON config (needs deepspeed installed)"),
+    ConfigOption("training_args.fsdp"),
+    ConfigOption("training_args.gradient_checkpointing"),
+    ConfigOption("packing"),
+    ConfigOption("truncation"),
+    ConfigOption("training_args.seed"),
+    ConfigOption("training_args.use_cpu", "--cpu", sets=True),
+    ConfigOption("performance.step_tokens"),
+    ConfigOption("performance.row_tokens"),
+    ConfigOption("performance.compile"),
+    ConfigOption("performance.fused_loss"),
+]
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`training_args.learning_rate=1e-4` -> ("training_args.learning_rate", 0.0001), values read as YAML."""
     key, sep, value = text.partition("=")
@@ -42,29 +70,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    """The named options as dotted config keys; `--set` comes last and wins."""
-    named = {
-        "training_args.output_dir": args.output_dir,
-        "method": args.method,
-        "training_args.max_steps": args.max_steps,
-        "training_args.learning_rate": args.learning_rate,
-        "training_args.per_device_train_batch_size": args.batch_size,
-        "training_args.save_steps": args.save_steps,
-        "training_args.save_total_limit": args.save_total_limit,
-        "training_args.eval_steps": args.eval_steps,
-        "training_args.deepspeed": args.deepspeed,
-        "training_args.fsdp": args.fsdp,
-        "training_args.gradient_checkpointing": args.gradient_checkpointing,
-        "training_args.use_cpu": True if args.cpu else None,
-        "training_args.seed": args.seed,
-        "packing": args.packing,
-        "truncation": args.truncation,
-    }
-    overrides = {key: value for key, value in named.items() if value is not None}
-    if args.eval_steps is not None:
+    """The options as dotted config keys; `--set` comes last and wins."""
+    overrides = config_overrides(args)
+    if "training_args.eval_steps" in overrides:
         overrides["training_args.eval_strategy"] = "steps"
-    if args.deepspeed is not None:
-        overrides["training_args.deepspeed"] = str(Path(args.deepspeed).resolve())
+    if "training_args.deepspeed" in overrides:
+        # A path given on the command line is relative to where the command runs, not to the YAML file.
+        overrides["training_args.deepspeed"] = str(Path(overrides["training_args.deepspeed"]).resolve())
     overrides.update(dict(args.set or []))
     return overrides
 
@@ -117,32 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a checkpoint folder; `no` or left out: start over",
     )
     group = parser.add_argument_group("overrides (each replaces the config's value)")
-    group.add_argument("--output-dir", help="run folder (training_args.output_dir)")
-    group.add_argument(
-        "--method",
-        choices=["lora", "qlora", "ptuning_v2", "prefix", "full", "dpo", "orpo", "kto"],
-        help="tuning method, or dpo / orpo / kto: preference alignment on pairs (settings under preference:)",
-    )
-    group.add_argument("--max-steps", type=int, help="optimizer steps (training_args.max_steps)")
-    group.add_argument("--learning-rate", type=float, help="peak learning rate")
-    group.add_argument("--batch-size", type=int, help="per-device train batch size (conversations)")
-    group.add_argument("--save-steps", type=int, help="checkpoint every N steps")
-    group.add_argument("--save-total-limit", type=int, help="keep only the newest K checkpoints")
-    group.add_argument("--eval-steps", type=int, help="evaluate on the dev split every N steps")
-    group.add_argument("--deepspeed", help="DeepSpeed JSON config (needs deepspeed installed)")
-    group.add_argument("--fsdp", help='FSDP mode for multi-GPU runs, e.g. "full_shard auto_wrap"')
-    group.add_argument(
-        "--gradient-checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="recompute activations to save memory",
-    )
-    group.add_argument(
-        "--packing", action=argparse.BooleanOptionalAction, default=None, help="packed batches"
-    )
-    group.add_argument("--truncation", choices=["keep_eos", "official"], help="how over-long samples are cut")
-    group.add_argument("--seed", type=int, help="random seed")
-    group.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    add_config_options(group, TrainConfig, TRAIN_OPTIONS)
     parser.add_argument(
         "--gpus",
         help="GPUs to train on: a count (2: the first two) or indices among the visible ones (0,2); default: all "

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
-from wenzhen.config import StrictModel, load_yaml_config, validate_config
-from wenzhen.errors import ConfigError
+from wenzhen.config import StrictModel, load_yaml_config
+from wenzhen.config_options import with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ class TrainingArgs(StrictModel):
     the official demo.
     """
 
-    output_dir: str = "./output"
-    max_steps: int = -1
+    output_dir: str = Field(default="./output", description="run folder")
+    max_steps: int = Field(default=-1, description="optimizer steps; -1: num_train_epochs decides")
     num_train_epochs: float = Field(default=3.0, gt=0)
-    learning_rate: float = Field(default=5e-5, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0, description="peak learning rate")
     lr_scheduler_type: str = "linear"
     warmup_steps: float = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -71,36 +71,44 @@ class TrainingArgs(StrictModel):
     adam_epsilon: float = Field(default=1e-8, gt=0)
     optim: str = "adamw_torch"
     max_grad_norm: float = Field(default=1.0, ge=0)
-    per_device_train_batch_size: int = Field(default=8, ge=1)
+    per_device_train_batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="per-GPU batch: conversations, or rows when performance.row_tokens is set",
+    )
     per_device_eval_batch_size: int | None = Field(default=None, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     dataloader_num_workers: int = Field(default=0, ge=0)
     remove_unused_columns: bool = False
     save_strategy: Literal["no", "steps", "epoch"] = "steps"
-    save_steps: float = Field(default=500, gt=0)
-    save_total_limit: int | None = Field(default=None, ge=1)
+    save_steps: float = Field(default=500, gt=0, description="checkpoint every N steps (below 1: a fraction)")
+    save_total_limit: int | None = Field(default=None, ge=1, description="keep only the newest K checkpoints")
     log_level: Literal["debug", "info", "warning", "error", "critical", "passive"] = "passive"
     logging_strategy: Literal["no", "steps", "epoch"] = "steps"
     logging_steps: float = Field(default=10, gt=0, description="wenzhen default 10 (transformers: 500)")
     logging_first_step: bool = True
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
-    eval_steps: float | None = Field(default=None, gt=0)
+    eval_steps: float | None = Field(
+        default=None, gt=0, description="evaluate on the dev split every N steps"
+    )
     max_eval_samples: int | None = Field(
         default=50, ge=1, description="dev conversations evaluated each time (the official demo uses 50)"
     )
-    seed: int = 42
+    seed: int = Field(default=42, description="random seed")
     data_seed: int | None = None
     bf16: bool | None = Field(default=None, description="None: bf16 where the GPU supports it")
     fp16: bool | None = None
-    use_cpu: bool = False
+    use_cpu: bool = Field(default=False, description="train on the CPU even when a GPU is present")
     gradient_checkpointing: bool | None = Field(
         default=None, description="recompute activations to save memory; None: chosen with `performance`"
     )
     debug: str = ""
     predict_with_generate: bool = False
     generation_config: GenerationSettings = Field(default_factory=GenerationSettings)
-    deepspeed: str | dict[str, Any] | None = None
-    fsdp: str = ""
+    deepspeed: str | dict[str, Any] | None = Field(
+        default=None, description="DeepSpeed config: a JSON file (relative to the YAML file) or inline"
+    )
+    fsdp: str = Field(default="", description='FSDP mode for multi-GPU runs, e.g. "full_shard auto_wrap"')
     fsdp_config: dict[str, Any] | None = None
     ddp_find_unused_parameters: bool | None = None
     report_to: str | list[str] = "none"
@@ -237,6 +245,12 @@ class PerformanceConfig(StrictModel):
         description="labelled positions per fp32 cross-entropy chunk (recomputed in backward, so only the bf16 "
         "logits stay in memory); None: one piece",
     )
+    fused_loss: bool | Literal["auto"] = Field(
+        default="auto",
+        description="lm_head and cross-entropy fused in chunks by liger-kernel (no logits kept; CUDA, with "
+        "sparse_logits); auto: on where liger-kernel is installed, training runs on a GPU and the lm_head is "
+        "frozen (adapter methods)",
+    )
     compile: bool | Literal["auto"] = Field(
         default="auto",
         description="torch.compile each decoder layer in place (CUDA; one compilation reused by every layer); "
@@ -303,8 +317,8 @@ class TrainConfig(StrictModel):
     peft_config: PeftConfig | None = None
     method: Literal["lora", "qlora", "ptuning_v2", "prefix", "full", "dpo", "orpo", "kto"] | None = Field(
         default=None,
-        description="None: from peft_config.peft_type (none: full fine-tuning); dpo, orpo or kto: preference "
-        "alignment on pairs (settings under preference)",
+        description="tuning method, or dpo / orpo / kto: preference alignment on pairs (settings under "
+        "preference); None: from peft_config.peft_type (none: full fine-tuning)",
     )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     packing: bool = Field(default=True, description="padding-free packed training batches")
@@ -373,22 +387,4 @@ class TrainConfig(StrictModel):
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read and validate a training YAML; `overrides` (dotted keys) are applied before validation."""
-    config = load_yaml_config(TrainConfig, path)
-    if not overrides:
-        return config
-    data = config.model_dump(exclude_unset=True)
-    for dotted, value in overrides.items():
-        set_dotted(data, dotted, value)
-    return validate_config(TrainConfig, data, source=f"{path} (with command-line overrides)")
-
-
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `a.b.c` in nested dicts, creating the sections on the way."""
-    *sections, key = dotted.split(".")
-    node = data
-    for section in sections:
-        child = node.setdefault(section, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {dotted}: {section} is not a section")
-        node = child
-    node[key] = value
+    return with_overrides(load_yaml_config(TrainConfig, path), overrides or {}, str(path))

@@ -67,6 +67,13 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
     (`Module.compile` keeps the module and only swaps its call).
     """
     layers = repeated_layers(model)
+    embeddings = model.get_input_embeddings()  # type: ignore[operator]
+    if not any(parameter.requires_grad for parameter in embeddings.parameters()):
+        # A frozen embedding (LoRA, QLoRA) hands the first layer an input without requires_grad and every other
+        # layer one with it: a guard that differs, so the first layer would compile its own forward and backward
+        # graphs, doubling the first step's compile time. With the embedding's output marked as requiring grad,
+        # all layers share one graph; the price is the first layer's input gradient (under 0.5% of a step).
+        model.enable_input_require_grads()  # type: ignore[operator]
     for layer in layers:
         layer.compile()
     log.info("compiled %d %s layers", len(layers), type(layers[0]).__name__)
@@ -113,6 +120,7 @@ class SpeedPlan:
     gradient_accumulation_steps: int
     gradient_checkpointing: bool
     compile: bool
+    fused_loss: bool
     memory_gib: float | None
     estimated_peak_gib: float | None
     estimated_tokens_per_second: float | None
@@ -136,6 +144,9 @@ class Hardware:
     shape_units: int  # layers x (hidden + intermediate)
     can_compile: bool  # Triton present, so torch.compile can build GPU kernels
     four_bit: bool = False  # a 4-bit (QLoRA) base: more activation memory per token, no compilation
+    # liger-kernel present and the lm_head frozen (adapter methods): its fused linear cross-entropy then needs no
+    # weight gradient, which under DDP would arrive outside the wrapped forward.
+    can_fuse_loss: bool = False
 
 
 def measure_hardware(
@@ -160,6 +171,15 @@ def measure_hardware(
         shape_units=shape_units(model.config),
         can_compile=importlib.util.find_spec("triton") is not None and not packed,
         four_bit=packed > 0,
+        can_fuse_loss=liger_available() and not full,
+    )
+
+
+def liger_available() -> bool:
+    """liger-kernel and the Triton it builds its kernels with are installed."""
+    return (
+        importlib.util.find_spec("liger_kernel") is not None
+        and importlib.util.find_spec("triton") is not None
     )
 
 
@@ -259,6 +279,7 @@ def plan_performance(
     rate: float | None = None
     why: list[str] = []
     compiled = speed.compile if speed.compile != "auto" else bool(can_compile and (on_gpu_rows or row_tokens))
+    fused = choose_fused_loss(speed.fused_loss, hardware, speed.sparse_logits)
     if on_gpu_rows and hardware is not None:
         options: tuple[bool, ...] = (False, True) if allow_checkpointing else (False,)
         if explicit_checkpointing is not None:
@@ -300,7 +321,9 @@ def plan_performance(
         why.append(f"estimated peak {peak} of {usable} usable GiB")
     resolved = config.model_copy(
         update={
-            "performance": speed.model_copy(update={"row_tokens": row_tokens, "compile": compiled}),
+            "performance": speed.model_copy(
+                update={"row_tokens": row_tokens, "compile": compiled, "fused_loss": fused}
+            ),
             "training_args": args.model_copy(
                 update={
                     "gradient_checkpointing": checkpointing,
@@ -317,12 +340,33 @@ def plan_performance(
         gradient_accumulation_steps=accumulation,
         gradient_checkpointing=checkpointing,
         compile=compiled,
+        fused_loss=fused,
         memory_gib=usable,
         estimated_peak_gib=peak,
         estimated_tokens_per_second=rate,
         reason="; ".join(why),
     )
     return resolved, plan
+
+
+def choose_fused_loss(requested: bool | str, hardware: Hardware | None, sparse_logits: bool) -> bool:
+    """`performance.fused_loss` resolved: auto is on for a GPU with liger-kernel installed (and sparse_logits on,
+    the loss path it replaces); an explicit true where that is missing is an error that says what to change."""
+    possible = hardware is not None and hardware.can_fuse_loss and sparse_logits
+    if requested == "auto":
+        return possible
+    if requested and not possible:
+        missing = (
+            "performance.sparse_logits: true"
+            if not sparse_logits
+            else "a CUDA GPU"
+            if hardware is None
+            else "liger-kernel (pip install liger-kernel)"
+            if not liger_available()
+            else "a frozen lm_head (LoRA, QLoRA or P-Tuning v2)"
+        )
+        raise WenzhenError(f"performance.fused_loss: true needs {missing}; set it to auto or false")
+    return bool(requested)
 
 
 def describe(plan: SpeedPlan, attention: str) -> str:
@@ -334,7 +378,8 @@ def describe(plan: SpeedPlan, attention: str) -> str:
     return (
         f"performance: {rows}, batch {plan.per_device_train_batch_size} x {plan.gradient_accumulation_steps} "
         f"accumulated, checkpointing {'on' if plan.gradient_checkpointing else 'off'}, "
-        f"compile {'on' if plan.compile else 'off'}, attention {attention} ({plan.reason}; "
+        f"compile {'on' if plan.compile else 'off'}, loss {'fused (liger)' if plan.fused_loss else 'chunked'}, "
+        f"attention {attention} ({plan.reason}; "
         "explicit performance.* / training_args keys override)"
     )
 
@@ -424,7 +469,8 @@ def plan_preference_performance(
             why.append(f"even one pair of {longest} tokens may not fit {usable} GiB")
     resolved = config.model_copy(
         update={
-            "performance": speed.model_copy(update={"compile": compiled}),
+            # TRL's preference trainers compute their own logits and loss: the fused SFT loss does not apply.
+            "performance": speed.model_copy(update={"compile": compiled, "fused_loss": False}),
             "training_args": args.model_copy(
                 update={
                     "gradient_checkpointing": checkpointing,
@@ -440,6 +486,7 @@ def plan_preference_performance(
         gradient_accumulation_steps=accumulation,
         gradient_checkpointing=checkpointing,
         compile=compiled,
+        fused_loss=False,
         memory_gib=usable,
         estimated_peak_gib=peak,
         estimated_tokens_per_second=None,

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,7 +63,7 @@ from wenzhen.train.checkpoints import (
 from wenzhen.train.config import PerformanceConfig, TrainConfig
 from wenzhen.train.encoding import EncodedSample, EncodingReport, encode_rows
 from wenzhen.train.evaluation import DevGeneration
-from wenzhen.train.loss import sparse_logits_loss
+from wenzhen.train.loss import FusedLoss, sparse_logits_loss
 from wenzhen.train.methods import METHODS, count_parameters, enable_gradient_checkpointing
 from wenzhen.train.packing import RowDataset, SampleDataset, make_collator, pack_rows
 from wenzhen.train.performance import (
@@ -92,6 +93,42 @@ class TrainResult:
     summary: dict[str, Any]
 
 
+class HostReadings:
+    """Scalars a training step produces on the GPU (loss, gradient norm, token count), copied to the host without
+    waiting: each copy is queued behind the work that computes it and read once a CUDA event says that work is
+    done. Reading them directly (`.item()`) would stall the CPU until the GPU drains, leaving the GPU idle while
+    the CPU then prepares the next step. On a CPU the values are ready at once.
+    """
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[str, int, torch.Tensor, Any]] = deque()
+
+    def add(self, kind: str, step: int, value: torch.Tensor) -> None:
+        """Queue `value` (a tensor of the step `step`) for reading."""
+        value = value.detach()
+        if value.device.type != "cuda":
+            self.pending.append((kind, step, value, None))
+            return
+        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+        host.copy_(value, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((kind, step, host, event))
+
+    def ready(self, wait: bool) -> list[tuple[str, int, torch.Tensor]]:
+        """The queued values whose work is done, oldest first (`wait`: every queued value)."""
+        done = []
+        while self.pending:
+            kind, step, value, event = self.pending[0]
+            if event is not None and not wait and not event.query():
+                break
+            if event is not None:
+                event.synchronize()
+            self.pending.popleft()
+            done.append((kind, step, value))
+        return done
+
+
 class WenzhenTrainer(Trainer):
     """`Trainer` with atomic checkpoints, a stop on non-finite values and generation metrics on the dev split."""
 
@@ -99,6 +136,7 @@ class WenzhenTrainer(Trainer):
     dev_generation: DevGeneration | None = None
     chat_model: LoadedModel | None = None
     performance: PerformanceConfig | None = None
+    fused_loss: FusedLoss | None = None
 
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
@@ -122,6 +160,7 @@ class WenzhenTrainer(Trainer):
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """Write `checkpoint-N` under `.staging/`, then rename it into place once every process has finished."""
+        self.check_readings(wait=True)
         run_dir = Path(super()._get_output_dir(trial))
         self._staging = True
         try:
@@ -142,33 +181,82 @@ class WenzhenTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        """With `performance.sparse_logits`, logits only where a label is (see `wenzhen.train.loss`)."""
+        """With `performance.sparse_logits`, logits only where a label is; with `fused_loss`, lm_head and loss fused
+        (see `wenzhen.train.loss`)."""
         speed = self.performance
         if return_outputs or speed is None or not speed.sparse_logits or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = sparse_logits_loss(model, inputs, num_items_in_batch, chunk=speed.loss_chunk)
+        if speed.fused_loss is True:
+            if self.fused_loss is None:
+                self.fused_loss = FusedLoss(chunk=speed.loss_chunk)
+            loss = self.fused_loss(
+                model, inputs, num_items_in_batch, unwrapped=self.accelerator.unwrap_model(model)
+            )
+        else:
+            loss = sparse_logits_loss(model, inputs, num_items_in_batch, chunk=speed.loss_chunk)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # DDP averages gradients over processes, but the loss is already divided by the global token count.
             loss = loss * self.accelerator.num_processes
         return loss
 
+    # The loss, gradient norm and token count of each step reach the host through `HostReadings`, without making the
+    # CPU wait for the GPU; they are checked (and the tokens counted) once their step's work is done, and all of
+    # them before anything is logged or saved.
+    readings: "HostReadings | None" = None
+
+    def _readings(self) -> "HostReadings":
+        if self.readings is None:
+            self.readings = HostReadings()
+        return self.readings
+
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
     ) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss).all():
-            self._stop_non_finite(f"the loss is {loss.item()}")
+        self._readings().add("loss", self.state.global_step + 1, loss)
+        self.check_readings(wait=False)
         return loss
 
     def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         # fp16 loss scaling produces infinite gradients on purpose and skips those steps; bf16/fp32 never should.
-        if grad_norm is not None and not self.args.fp16 and not math.isfinite(float(grad_norm)):
-            self._stop_non_finite(f"the gradient norm is {float(grad_norm)}")
+        if isinstance(grad_norm, torch.Tensor) and not self.args.fp16:
+            self._readings().add("gradient norm", self.state.global_step + 1, grad_norm)
+        elif grad_norm is not None and not self.args.fp16 and not math.isfinite(float(grad_norm)):
+            self._stop_non_finite(f"the gradient norm is {float(grad_norm)}", self.state.global_step + 1)
         return grad_norm
 
-    def _stop_non_finite(self, what: str) -> None:
-        step = self.state.global_step + 1
+    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
+        """transformers' non-padding token count, read from the GPU without waiting for it."""
+        ids = inputs.get("input_ids")
+        if ids is None:
+            return super()._track_num_input_tokens(inputs)
+        mask = inputs.get("attention_mask")
+        pad = getattr(self.processing_class, "pad_token_id", None)
+        count = (
+            mask.sum()
+            if mask is not None
+            else (ids != pad).sum()
+            if pad is not None
+            else ids.new_tensor(ids.numel())
+        )
+        self._readings().add("tokens", self.state.global_step + 1, self.accelerator.gather(count.reshape(1)))
+        self.check_readings(wait=False)
+
+    def check_readings(self, wait: bool) -> None:
+        """Count the tokens and check the losses and gradient norms whose steps are done (`wait`: all of them)."""
+        for kind, step, value in self._readings().ready(wait):
+            if kind == "tokens":
+                self.state.num_input_tokens_seen += int(value.sum())
+            elif not torch.isfinite(value).all():
+                self._stop_non_finite(f"the {kind} is {value.float().max().item()}", step)
+
+    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        if self.control.should_log or self.control.should_save or self.control.should_evaluate:
+            self.check_readings(wait=True)
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    def _stop_non_finite(self, what: str, step: int) -> None:
         checkpoints = complete_checkpoints(Path(self.args.output_dir))
         last = (
             f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was saved yet"
@@ -300,6 +388,8 @@ def build_training_arguments(
         ddp_find_unused_parameters=args.ddp_find_unused_parameters,
         report_to=other_reporters(args.report_to),
         include_num_input_tokens_seen="non_padding",
+        # A non-finite loss stops the run (WenzhenTrainer); the filter's per-step check would stall the GPU.
+        logging_nan_inf_filter=False,
         disable_tqdm=True,
     )
 
@@ -438,6 +528,9 @@ def summarise(
         "train_seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else 0.0,
         "steady_tokens_per_second": round(steady, 1) if steady is not None else None,
+        "first_step_seconds": round(clock.first_step_seconds, 1)
+        if clock.first_step_seconds is not None
+        else None,
         "first_loss": round(losses[0], 6) if losses else None,
         "final_loss": round(losses[-1], 6) if losses else None,
         "final_eval_loss": round(evals[-1], 6) if evals else None,
@@ -532,6 +625,7 @@ def train(
         callbacks=[clock, ProgressBar(clock), MetricsLog(output_dir), *callbacks],
     )
     trainer.performance = config.performance
+    clock.settle = lambda: trainer.check_readings(wait=True)
     trainer.dev_generation = dev_generation(data_dir, config, args, bool(dev_samples), loaded.model.config)
     trainer.chat_model = loaded
     trainer.remove_callback(ProgressCallback)
@@ -544,6 +638,7 @@ def train(
 
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.check_readings(wait=True)
     seconds = time.monotonic() - started
     final = save_final(trainer, output_dir)
     summary = summarise(trainer, config, output_dir, final, device, seconds, reports, packed, clock)
@@ -580,7 +675,14 @@ def record_speed(output_dir: Path, summary: dict[str, Any]) -> None:
     info = read_run_info(output_dir)
     if info is None:
         return
-    keys = ("train_seconds", "tokens", "tokens_per_second", "steady_tokens_per_second", "world_size")
+    keys = (
+        "train_seconds",
+        "first_step_seconds",
+        "tokens",
+        "tokens_per_second",
+        "steady_tokens_per_second",
+        "world_size",
+    )
     measured = {key: summary[key] for key in keys}
     write_run_info(output_dir, info.model_copy(update={"extra": {**info.extra, "speed": measured}}))
 
