@@ -32,7 +32,12 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     (r"overdos(?:e|ed)", "吃药过量"),
     (r"chok(?:ing|ed|es)", "噎住"),
     (r"unconscious|passed\s*out|unresponsive", "昏迷"),
-    (r"face\s*droop(?:ing)?", "嘴歪"),
+    (r"suddenly|all\s*of\s*a\s*sudden", "突然"),
+    (r"my\s*(?:mom|mum|mother)", "我妈"),
+    (r"my\s*(?:dad|father)", "我爸"),
+    (r"face\s*(?:is\s*)?droop\w*|droop\w*\s*face", "嘴歪"),
+    (r"can'?t\s*(?:speak|talk)|cannot\s*(?:speak|talk)|slurr\w*\s*(?:speech|words)?", "说不出话"),
+    (r"(?:weak|numb)\w*\s*(?:on\s*)?one\s*side|one\s*side\s*(?:is\s*)?(?:weak|numb)", "一侧无力"),
     (r"stroke", "中风"),
     (r"allergic\s*reaction|anaphyla\w*", "严重过敏"),
     (r"fever", "发烧"),
@@ -194,6 +199,13 @@ def _age_months(amount: float, unit: str) -> float:
     if "周" in unit or "星期" in unit:
         return amount / 4.35
     return amount + (0.5 if "半" in unit else 0.0)
+
+
+def measured(text: str) -> list[str]:
+    """What normalised `text` gives a reading of (血糖, 血压, 体温, an infant's age), dangerous or not: with the facts, the
+    learned stage can tell "a normal reading" from "a dangerous one" without learning digits."""
+    kinds = {"血糖": _GLUCOSE, "血压": _PRESSURE, "体温": _TEMPERATURE, "月龄": _AGE}
+    return [name for name, pattern in kinds.items() if pattern.search(text)]
 
 
 def measurement_facts(text: str) -> list[str]:

@@ -6,7 +6,7 @@ The guard counts a message's red-flag content only when the message is a **repor
 - an **exam or teaching** context (考试题, 选择题, 病例分析, 讲课, 小说, 剧本 ...), or a clinical case
   vignette about a third person (一名28岁女性患者出现…) that does not speak in the first person;
 - a **question about a condition** (有哪些症状, 是什么, 怎么区分, 的定义 ...) with no person and no "now";
-- **prevention** (怎么预防, 防止, 避免) with no "now";
+- **prevention** (怎么预防, 防止, 避免) or a **hypothetical** (如果…怎么办, 万一, 遇到有人…) with no "now";
 - **hearsay or media** (新闻, 电视上, 视频里, 听说) with no "now";
 - **past history** resolved or worked up (去年…现在恢复很好, 前两天…后来检查是…) with no "now" (今天, 刚才);
 - a **question about caring for a diagnosed condition** (癫痫病人能结婚吗, 哪家医院治X好) with no "now".
@@ -68,8 +68,11 @@ PERSON = re.compile(
     r"邻居|男朋友|女朋友|弟|妹|哥|姐|他|她"
 )
 PREVENTION = re.compile(
-    r"安全吗|要注意什么|预防|防止|避免|防范|怎么防|如何防|防(?:中暑|溺水|摔|蛇|烫)|注意什么安全|早点干预|及早发现"
+    r"提前学|学一下|学学|想学|以防万一|以备|有备无患|备着|安全吗|要注意什么|预防|防止|避免|防范|怎么防|如何防|防(?:中暑|溺水|摔|蛇|烫)|注意什么安全|早点干预|及早发现"
 )
+# News and media about no one the writer knows are hearsay even when seen "today" (今天看新闻说有人…); a
+# bystander who sees someone collapse now ("刚才看到有人倒地") is not media.
+MEDIA = re.compile(r"新闻|电视上|网上看到|纪录片|视频里|刷到|电影里|听说|报道|科普文章|公众号")
 HEARSAY = re.compile(
     r"(?:邻居|同事|朋友|别人|人家|亲戚)(?:说|讲)|新闻|电视上|网上看到|纪录片|视频里|刷到|电影里|听说|看到有人|报道|上课讲"
 )
@@ -114,7 +117,7 @@ _EVERYDAY_CAUSE = (
 )
 _FIGURATIVE = (
     rf"想死|要死|死了|窒息|吐血|心脏骤停|心脏病|脑溢血|血压{_C}{{0,3}}(?:上来|飙|升)|差点晕|快晕|要晕|喘不[上过]气|透不过气|要命|疯|"
-    rf"瞎|断|散架|跳楼|不想活|撞墙|天要塌|心脏{_C}{{0,4}}跳出来|中暑|胃疼|肚子疼"
+    rf"瞎|断|散架|跳楼|跳下去|跳河|去死|不想活|撞墙|天要塌|心脏{_C}{{0,4}}跳出来|中暑|胃疼|肚子疼"
 )
 _HYPERBOLE = (
     re.compile(rf"^(?=.*(?:{_EVERYDAY_CAUSE}))(?=.*(?:{_FIGURATIVE})).*$"),
@@ -125,9 +128,73 @@ _HYPERBOLE = (
     re.compile(r"想死你|想你想死|(?:好|真)想死在床上|想死的心都有"),
     re.compile(rf"得(?:我|人)?{_C}{{0,3}}都(?:要|快)?(?:断|废|瞎|散架|死|疯|炸)"),
     re.compile(r"(?:腿|脚|腰|手|眼睛|脑子)都(?:要|快)(?:断|废|瞎|散架|炸)了"),
+    # "开会开得我快窒息了": a degree said as "V得(我)快/要 <figurative>" is hyperbole unless V is itself a
+    # symptom (疼得快晕过去, 憋得快窒息, 呛得要死 are reports).
+    re.compile(
+        rf"(?<![疼痛喘憋咳吐烧晕胀抽呛噎卡闷酸麻痒])得(?:我|人)?都?(?:快|要|快要|差点|都要){_C}{{0,2}}(?:{_FIGURATIVE})"
+    ),
 )
 # With an everyday cause anywhere in the message, a consequence said as "要/快/差点/真是 ..." is figurative.
 _MODAL_FIGURATIVE = re.compile(rf"(?:要|快|差点|简直|真是|都要|得我|得人){_C}{{0,3}}(?:{_FIGURATIVE})")
+
+
+# A negation cue ("没有胸痛", "否认外伤"); the words after 没/无 that are themselves danger signs (没反应, 没呼吸,
+# 无尿, 没力气) or not negations at all (没想到, 无法) are excluded.
+NEGATION_CUE = (
+    r"(?:(?:没有|没|无|未|否认|不是|并非|从未|从没)(?!想到|多久|过多久|一会|缘无故|法|论|满|足|数|用|见好|止住|精神|力|劲|"
+    r"尿|眼泪|反应|呼吸|心跳|气|了|拉屎|排便|放屁|排气|大便)"
+    # "不晕不吐", "不发烧": 不 before a symptom denies it (不醒, 不动, 不止, 不能 are signs and stay).
+    r"|不(?=晕|吐|呕|发烧|发热|烧|疼|痛|喘|咳|抽|肿|出血|流血|头疼|头痛|胸闷|憋))"
+)
+# A negation covers the rest of its clause up to a contrast or a sequel ("没发烧可是抽了", "没吃饭就晕倒了") or 12
+# characters; "还没到医院" (not yet) and "没人" (nobody) deny nothing about the patient.
+_NEGATION_SCOPE = re.compile(
+    rf"(?<!还)(?!没人|无人){NEGATION_CUE}((?:(?!但|可是|不过|却|就是|只是|而是|然后|现在|反而|就|又|才){_C}){{1,12}})"
+)
+
+
+def negated_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the words each negation cue in `text` denies, within its clause."""
+    return [match.span(1) for match in _NEGATION_SCOPE.finditer(text)]
+
+
+# Conditional and hypothetical questions ("如果孩子抽搐了怎么办", "万一遇到有人噎住") are preparation, not reports.
+# Only a message framed as a condition from its start is one: "孩子胸口疼，要是心梗怎么办" is a report, and so
+# is a first-person conditional ("如果我消失了，没人会在意吧" is indirect suicidal talk).
+HYPOTHETICAL = re.compile(
+    rf"^{_C}{{0,8}}(?:如果|万一|假如|假设|要是|若是|倘若|一旦)(?!我|俺)|(?:遇到|碰到|遇见)(?:有人|别人|这种|这样|路人|陌生人)"
+)
+
+
+# Reassurance a parent or patient adds ("精神很好", "能吃能玩"): the IMCI danger signs are absent.
+REASSURED = re.compile(
+    rf"精神{_C}{{0,2}}(?:好|不错|可以|正常)|能吃能(?:喝|玩|睡)|吃奶{_C}{{0,2}}(?:正常|还行|好)|照常|没什么(?:不舒服|感觉)|"
+    rf"不影响|活蹦乱跳|该吃吃"
+)
+
+
+def cue_features(text: str) -> list[str]:
+    """Named speech cues of one normalised message, as features of the learned stage: a linear model cannot
+    see "a question about" or "in the past" in single n-grams, so the cues the speech acts use are given."""
+    cues = {
+        "now": STRONG_NOW,
+        "weak_now": WEAK_NOW,
+        "past": PAST,
+        "resolved": RESOLVED,
+        "about": ABOUT,
+        "person": PERSON,
+        "first_person": FIRST_PERSON,
+        "hypothetical": HYPOTHETICAL,
+        "prevention": PREVENTION,
+        "hearsay": HEARSAY,
+        "diagnosed": DIAGNOSED,
+        "condition": CONDITION,
+        "reassured": REASSURED,
+    }
+    found = [f"@{name}" for name, pattern in cues.items() if pattern.search(text)]
+    if negated_spans(text):
+        found.append("@negated")
+    return found
 
 
 def _clauses(text: str) -> list[str]:
@@ -136,13 +203,18 @@ def _clauses(text: str) -> list[str]:
 
 def strip_hyperbole(text: str) -> str:
     """`text` without its figurative clauses; a message that says it is joking loses every figurative clause."""
-    joking = re.search(r"(?<!不是)(?<!没)(?<!没有)开玩笑|哈哈", text) is not None
+    joking = re.search(r"(?<!不是)(?<!没)(?<!没有)(?:开玩笑|开个玩笑|逗你)|哈哈", text) is not None
     everyday = re.search(_EVERYDAY_CAUSE, text) is not None
+    clauses = re.split(rf"(?<=[{CLAUSE_END}])", text)
+    hyperbolic = [any(p.search(clause) for p in _HYPERBOLE) for clause in clauses]
+    # Once a message with an everyday cause is plainly hyperbolic ("这天气闷死人了"), its other figurative
+    # clauses ("喘不过气来") are the same figure of speech.
+    loose = joking or (everyday and any(hyperbolic))
     kept = []
-    for clause in re.split(rf"(?<=[{CLAUSE_END}])", text):
+    for clause, plain_figure in zip(clauses, hyperbolic, strict=True):
         figurative = (
-            any(p.search(clause) for p in _HYPERBOLE)
-            or (joking and re.search(_FIGURATIVE, clause) is not None)
+            plain_figure
+            or (loose and re.search(_FIGURATIVE, clause) is not None)
             or (everyday and _MODAL_FIGURATIVE.search(clause) is not None)
         )
         if not figurative:
@@ -154,8 +226,12 @@ def speech_act(text: str) -> Act:
     """What one normalised user message does (see the module docstring)."""
     if EXAM.search(text) or (CASE_VIGNETTE.search(text) and not FIRST_PERSON.search(text)):
         return Act.EXAM
+    if MEDIA.search(text) and not PERSON.search(ASKER.sub("", MEDIA.sub("", text))):
+        return Act.HEARSAY
     if STRONG_NOW.search(text):
         return Act.REPORT
+    if HYPOTHETICAL.search(text):
+        return Act.PREVENTION
     if (PAST.search(text) and RESOLVED.search(text)) or RESOLVED_SAME_MESSAGE.search(text):
         return Act.PAST
     asks_about = ABOUT.search(text) and not PERSON.search(ASKER.sub("", text))
