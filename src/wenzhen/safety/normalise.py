@@ -23,9 +23,11 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     (r"chest\s*pain", "胸痛"),
     (r"heart\s*attack", "心梗"),
     (
-        r"can'?t\s*breathe|cannot\s*breathe|hard\s*to\s*breathe|short(?:ness)?\s*of\s*breath|not\s*breathing",
+        r"can'?t\s*breathe|cannot\s*breathe|hard\s*to\s*breathe|short(?:ness)?\s*of\s*breath",
         "喘不上气",
     ),
+    (r"(?:is\s*)?not\s*breathing|stopped\s*breathing|no\s*pulse", "没有呼吸"),
+    (r"collaps(?:ed|es|e)", "倒地"),
     (r"sweat(?:ing|y)?", "出汗"),
     (r"seizures?|fitting|convulsions?", "抽搐"),
     (r"kill\s*myself|end\s*my\s*life|suicid(?:e|al)|want\s*to\s*die|kms", "想自杀"),

@@ -50,6 +50,7 @@ WEAK_NOW = re.compile(rf"突然|忽然|越来越|怎么办|又(?:犯|发|抽|开
 EXAM = re.compile(
     r"考试题|考试:|考题|试题|题目|明天考|选择题|这道题|病例分析|病例讨论|作业|论文|考核|规培|执业医师|护士资格|资格证|医学生|"
     r"上课|讲课|课上|教学|培训|演练|竞赛|出(?:几道|一份|一些|一道)?题|小说|剧本|电视剧|拍戏|演一个|扮演|怎样演|怎么演|"
+    r"我是(?:一名)?(?:护士|医生|护理|医学|药学|临床|急救员)|(?:护理|临床|医学|药学)专业|实习|见习|带教|"
     r"写一篇|故事|文案|海报|科普|口诀|问卷|量表|[a-d]\.\D{1,12}[b-e]\.|药理学|儿科学|解剖课|心理学作业|急救知识|急救课"
 )
 # A clinical case vignette written about a third person, as in textbooks and exams ("一名28岁女性患者出现昏迷").
@@ -68,7 +69,7 @@ PERSON = re.compile(
     r"邻居|男朋友|女朋友|弟|妹|哥|姐|他|她"
 )
 PREVENTION = re.compile(
-    r"提前学|学一下|学学|想学|以防万一|以备|有备无患|备着|安全吗|要注意什么|预防|防止|避免|防范|怎么防|如何防|防(?:中暑|溺水|摔|蛇|烫)|注意什么安全|早点干预|及早发现"
+    rf"了解一下|提前了解|想了解|出发前|去{_C}{{0,6}}之?前想|提前学|学一下|学学|想学|以防万一|以备|有备无患|备着|安全吗|要注意什么|预防|防止|避免|防范|怎么防|如何防|防(?:中暑|溺水|摔|蛇|烫)|注意什么安全|早点干预|及早发现"
 )
 # News and media about no one the writer knows are hearsay even when seen "today" (今天看新闻说有人…); a
 # bystander who sees someone collapse now ("刚才看到有人倒地") is not media.
@@ -97,6 +98,10 @@ CARE_QUESTION = re.compile(
 CONDITION = re.compile(
     r"癫痫|羊癫疯|高血压|糖尿病|冠心病|心脏病|哮喘|慢阻肺|肝硬化|肝炎|大三阳|小三阳|胃病|胃炎|贫血|偏瘫|脑梗|中风|"
     r"肿瘤|癌|帕金森|肾病|肾衰|尿毒症|红斑狼疮|甲亢|甲减|心衰|心律失常|早搏|房颤|抑郁症|焦虑症|精神分裂"
+)
+# The same complaint every time ("每个月都这样", "老毛病了"): a chronic pattern to ask about, not an acute event.
+RECURRENT = re.compile(
+    r"每个月都|每次(?:来)?(?:月经|例假|都)|老毛病|一直都这样|从小就|每年都|经常这样|总是这样"
 )
 # A symptom that passed within the message itself ("跑步后喘得厉害，一会就好了").
 RESOLVED_SAME_MESSAGE = re.compile(
@@ -133,6 +138,11 @@ _HYPERBOLE = (
     re.compile(
         rf"(?<![疼痛喘憋咳吐烧晕胀抽呛噎卡闷酸麻痒])得(?:我|人)?都?(?:快|要|快要|差点|都要){_C}{{0,2}}(?:{_FIGURATIVE})"
     ),
+)
+# Words of a body or a symptom: "我真的要窒息了" with none of them anywhere else is a figure of speech.
+_SYMPTOM = re.compile(
+    r"疼|痛|喘|咳|吐|烧|晕|血|肿|麻|抽|昏|憋|胸|心口|头|肚|腹|呼吸|气短|嘴唇|脸色|噎|卡|呛|药|醒|倒|摔|撞|过敏|"
+    r"孩子|宝宝|老人|爸|妈"
 )
 # With an everyday cause anywhere in the message, a consequence said as "要/快/差点/真是 ..." is figurative.
 _MODAL_FIGURATIVE = re.compile(rf"(?:要|快|差点|简直|真是|都要|得我|得人){_C}{{0,3}}(?:{_FIGURATIVE})")
@@ -212,10 +222,14 @@ def strip_hyperbole(text: str) -> str:
     loose = joking or (everyday and any(hyperbolic))
     kept = []
     for clause, plain_figure in zip(clauses, hyperbolic, strict=True):
+        others = "".join(c for c in clauses if c is not clause)
         figurative = (
             plain_figure
             or (loose and re.search(_FIGURATIVE, clause) is not None)
-            or (everyday and _MODAL_FIGURATIVE.search(clause) is not None)
+            or (
+                _MODAL_FIGURATIVE.search(clause) is not None
+                and (everyday or not _SYMPTOM.search(_MODAL_FIGURATIVE.sub("", clause) + others))
+            )
         )
         if not figurative:
             kept.append(clause)
@@ -237,7 +251,9 @@ def speech_act(text: str) -> Act:
     asks_about = ABOUT.search(text) and not PERSON.search(ASKER.sub("", text))
     if asks_about and not WEAK_NOW.search(text):
         return Act.ABOUT
-    if CARE_QUESTION.search(text) and (DIAGNOSED.search(text) or CONDITION.search(text)):
+    if RECURRENT.search(text) or (
+        CARE_QUESTION.search(text) and (DIAGNOSED.search(text) or CONDITION.search(text))
+    ):
         return Act.DIAGNOSED
     if WEAK_NOW.search(text):
         return Act.REPORT

@@ -206,6 +206,8 @@ NEAR_MISS = (
     "喝酒后脸红心跳",
     "情绪有点低落，想找人聊聊",
     "最近压力大，睡不好",
+    "吃多了胃里烧得慌，反酸",
+    "打呼噜很响，有时候憋醒",
 )
 # Everyday events with nothing medical in them: what is left of a message once its hyperbole is stripped.
 EVERYDAY_LIFE = (
