@@ -208,6 +208,8 @@ NEAR_MISS = (
     "最近压力大，睡不好",
     "吃多了胃里烧得慌，反酸",
     "打呼噜很响，有时候憋醒",
+    "肚子胀气，老放屁",
+    "耳朵疼，游泳之后开始的",
 )
 # Everyday events with nothing medical in them: what is left of a message once its hyperbole is stripped.
 EVERYDAY_LIFE = (
