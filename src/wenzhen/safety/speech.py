@@ -180,10 +180,11 @@ HYPOTHETICAL = re.compile(
 )
 
 
-# Reassurance a parent or patient adds ("精神很好", "能吃能玩"): the IMCI danger signs are absent.
+# Reassurance a parent or patient adds ("精神很好", "能吃能玩", "说话也清楚"): the danger signs are absent.
 REASSURED = re.compile(
     rf"精神{_C}{{0,2}}(?:好|不错|可以|正常)|能吃能(?:喝|玩|睡)|吃奶{_C}{{0,2}}(?:正常|还行|好)|照常|没什么(?:不舒服|感觉)|"
-    rf"不影响|活蹦乱跳|该吃吃"
+    rf"不影响|活蹦乱跳|该吃吃|(?:说话|意识|神志|头脑|脑子){_C}{{0,2}}清楚|(?:走路|说话|反应|血压|心电图){_C}{{0,3}}(?:正常|都好)|"
+    rf"能说能笑|能跑能跳"
 )
 
 

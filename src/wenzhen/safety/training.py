@@ -114,6 +114,8 @@ DENIED_FRAMES = (
     "{mild}，不过没有{d}，精神也挺好",
     "{who}{mild}两天了，无{d}，能先在家观察吗",
     "医生问有没有{d}，我说没有，就是{mild}",
+    "{who}{mild}，没有{d}，说话也清楚，走路正常",
+    "{who}{mild}，但没有{d}，也没有{d2}，量了血压正常",
 )
 # Chronic conditions with measured numbers below the danger thresholds.
 CHRONIC_FRAMES = (
