@@ -65,6 +65,8 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     (r"shuo\s*hua\s*bu\s*qing", "说话不清"),
     (r"jiao\s*bu\s*xing", "叫不醒"),
     (r"chu\s*leng\s*han", "出冷汗"),
+    (r"chu\s*(?:le\s*)?(?:hen\s*duo\s*|hao\s*duo\s*|yi\s*shen\s*)?(?:xu\s*)?han", "出了很多汗"),
+    (r"hen\s*li\s*hai", "很厉害"),
     (r"bu\s*xiang\s*huo(?:\s*le)?", "不想活了"),
     (r"xiang\s*si", "想死"),
     (r"zi\s*sha", "自杀"),

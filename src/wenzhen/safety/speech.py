@@ -109,7 +109,7 @@ RECURRENT = re.compile(
 # A symptom that passed within the message itself ("跑步后喘得厉害，一会就好了").
 RESOLVED_SAME_MESSAGE = re.compile(
     rf"一会(?:儿)?就(?:好|松|缓过来|过去)|(?:几|一两)秒(?:钟)?就(?:好|过去|缓过来)|休息{_C}{{0,3}}就?好了|"
-    rf"(?:已经|马上就|很快就)(?:好了|止住|缓解)|就好了"
+    rf"(?:已经|马上就|很快就)(?:好了|止住|缓解)|就好了|(?:现在|已经|就)没事了?"
 )
 # The asker ("我想了解", "请问") is not a person the message reports on.
 ASKER = re.compile(r"我想(?:多)?(?:了解|知道|问)|请问|我(?:是|们是)医学生|我同学|我老师")
