@@ -95,12 +95,20 @@ def test_phrasings_outside_the_labelled_set_fire(text: str, category: str) -> No
         "牙疼半边脸都肿了，能吃消炎药吗",
         "孩子手被门夹了一下，指甲有点紫，能动",
         "老公打鼾特别响，晚上会憋醒一下，白天犯困",
-        "手指被刀划破了，伤口不深，要打破伤风吗",
         "我不想死，就是胃不舒服，口臭",
     ],
 )
 def test_negated_past_and_figurative_mentions_do_not_fire(text: str) -> None:
     assert not safety.check([{"role": "user", "content": text}]).fired
+
+
+def test_an_accidental_cut_is_not_read_as_self_harm() -> None:
+    assert (
+        "suicide"
+        not in safety.check(
+            [{"role": "user", "content": "手指被刀划破了，伤口不深，要打破伤风吗"}]
+        ).categories
+    )
 
 
 def _user(*texts: str) -> list[dict[str, str]]:

@@ -60,7 +60,7 @@ _HISTORY = re.compile(
 WINDOW_MESSAGES = 6
 # An overdose taken on purpose needs the crisis line as well as 120, and a plan carried out needs 120.
 _INTENT = re.compile(
-    r"故意|想死|不想活|自杀|不想被救|一口气|后悔|不想醒|想结束|别(?:来)?(?:找|救)我|永别|解脱|再见了|对不起(?:大家|你们)|"
+    r"故意|(?<!不)想死|不想活|自杀|不想被救|一口气|后悔|不想醒|想结束|别(?:来)?(?:找|救)我|永别|解脱|再见了|对不起(?:大家|你们)|"
     r"我把(?:所有|全部|一整?瓶|整瓶)"  # someone who swallowed all their own pills took them on purpose
 )
 _TAKEN = re.compile(r"(?:吃|吞|服|喝)(?:下去|了|掉)|已经吃|割了|划了")

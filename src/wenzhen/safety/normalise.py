@@ -76,7 +76,48 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     (r"hu\s*xi\s*kun\s*nan", "呼吸困难"),
     (r"de\s*lihai|de\s*li\s*hai", "得厉害"),
     # dialect and colloquial words (Cantonese, northern, south-western), and frequent typos
+    (r"what\s*(?:is|are)", "是什么"),
+    (r"(?:blood\s*)?sugar|glucose", "血糖"),
+    (r"testicles?|testis", "睾丸"),
+    # Cantonese (after traditional -> simplified)
     (r"佢", "他"),
+    (r"食咗|食了", "吃了"),
+    (r"饮咗", "喝了"),
+    (r"咗", "了"),
+    (r"而家", "现在"),
+    (r"睇", "看"),
+    (r"嘢", "东西"),
+    (r"呕紧", "在吐"),
+    (r"(?<=[吐流抽痛])紧", ""),
+    (r"唔知咩", "不知道什么"),
+    (r"唔识|唔会", "不会"),
+    (r"郁唔到|郁不到", "动不了"),
+    (r"(?<=[撞跌碰烫整])亲", "到"),
+    (r"耳仔", "耳朵"),
+    (r"肚仔", "肚子"),
+    (r"细路(?:哥|仔|女)?|仔仔|bb仔", "孩子"),
+    (r"春袋", "阴囊"),
+    (r"屙", "拉"),
+    (r"成日", "一整天"),
+    (r"一排药", "一板药"),
+    (r"冇晒|冇哂", "没了"),
+    (r"乱讲嘢|乱讲话|乱讲", "胡言乱语"),
+    (r"手震", "手抖"),
+    (r"好似", "好像"),
+    (r"嘅", "的"),
+    (r"啲", "些"),
+    (r"通渠水?", "管道疏通剂"),
+    # south-western and northern colloquial words
+    (r"老汉儿?", "爸爸"),
+    (r"(?:嘴皮|嘴唇)(?:子)?乌", "嘴唇发紫"),
+    (r"嘴皮", "嘴唇"),
+    (r"遭不住|扛不住|顶不住", "受不了"),
+    (r"呼息", "呼吸"),
+    (r"为啥", "为什么"),
+    (r"是啥", "是什么"),
+    (r"咋(?=防|预防|避免|回事|治|弄|处理|样)", "怎么"),
+    (r"俩(?=岁|个月)", "2"),
+    (r"小鸡鸡下面的?球球|蛋球", "睾丸"),
     (r"冇", "没有"),
     (r"唔", "不"),
     (r"讲不出话", "说不出话"),
@@ -163,8 +204,13 @@ def _chinese_number(match: re.Match[str]) -> str:
 
 
 def normalise(text: str) -> str:
-    """One spelling for the guard: simplified, NFKC, lower case, mapped phrases, digits, no whitespace."""
+    """One spelling for the guard: simplified, NFKC, lower case, mapped phrases, digits; a space between
+    Chinese words becomes a clause break, other whitespace goes."""
     text = zhconv.convert(unicodedata.normalize("NFKC", text), "zh-cn").lower()
+    # Many people type spaces where punctuation goes ("外婆突然听不懂了 右手也软了"): between two Chinese
+    # characters a space ends a clause, so negation, history and hyperbole stay inside their own clause
+    # (spaces around English or pinyin words are theirs, and go after the phrases are mapped).
+    text = re.sub(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])", "，", text)
     for pattern, replacement in _PHRASE_PATTERNS:
         text = pattern.sub(replacement, text)
     text = re.sub(r"\s+", "", text)

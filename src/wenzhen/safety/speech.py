@@ -48,7 +48,7 @@ STRONG_NOW = re.compile(
 )
 WEAK_NOW = re.compile(rf"突然|忽然|越来越|怎么办|又(?:犯|发|抽|开始)|已经{_C}{{0,4}}(?:分钟|小时)了")
 EXAM = re.compile(
-    r"考试题|考试:|考题|试题|题目|明天考|选择题|这道题|病例分析|病例讨论|作业|论文|考核|规培|执业医师|护士资格|资格证|医学生|"
+    r"考试题|考试:|考题|试题|题目|模拟题|答案|选哪个|哪一项|明天考|选择题|这道题|病例分析|病例讨论|作业|论文|考核|规培|执业医师|护士资格|资格证|医学生|"
     r"上课|讲课|课上|教学|培训|演练|竞赛|出(?:几道|一份|一些|一道)?题|小说|剧本|电视剧|拍戏|演一个|扮演|怎样演|怎么演|"
     r"我是(?:一名)?(?:护士|医生|护理|医学|药学|临床|急救员)|(?:护理|临床|医学|药学)专业|实习|见习|带教|"
     rf"(?:帮我|帮忙|请)写(?!{_C}{{0,3}}遗)|写(?:一段|一篇|一个|一条|一封|个|段)(?!{_C}{{0,3}}遗)|"
@@ -63,7 +63,7 @@ FIRST_PERSON = re.compile(r"我|俺|咱")
 ABOUT = re.compile(
     rf"有哪些|有些什么|有什么|哪几|是什么|怎么回事|多长时间|会引起|会不会引起|几度需要|什么是|的症状|的表现|有什么(?:区别|不同|表现)|{_C}{{0,12}}(?:区别|不同)|怎么区分|如何区分|的定义|定义是|"
     rf"的原因|诱因|机制|为什么|会传染|遗传|死亡率|多少算|正常值|标准是|的诊断|怎么识别|如何识别|识别法|适用于|是指|几种|类型|分类|种类|是什么意思|有什么前兆|前兆|怎么开展|干预热线|"
-    rf"评分|量表|一回事|算{_C}{{0,6}}吗|算不算|比例|发病率|患病率|几率|概率|会转化|会变成|会发展成|病因|会不会|什么情况下|几小时内|原则|步骤|要用什么药|是不是要生了|有用吗|是真的吗"
+    rf"评分|量表|一回事|原理|应该{_C}{{0,6}}多久|多久算|要多久|算{_C}{{0,6}}吗|算不算|比例|发病率|患病率|几率|概率|会转化|会变成|会发展成|病因|会不会|什么情况下|几小时内|原则|步骤|要用什么药|是不是要生了|有用吗|是真的吗"
 )
 PERSON = re.compile(
     r"我|俺|咱|家里|家人|老公|老婆|爱人|丈夫|妻子|爸|妈|爷爷|奶奶|外公|外婆|公公|婆婆|姥|儿子|女儿|朋友|同事|室友|"
@@ -90,7 +90,8 @@ RESOLVED = re.compile(
 )
 # A question about caring for a condition already diagnosed ("癫痫病人能结婚吗", "哪家医院治疗X好").
 DIAGNOSED = re.compile(
-    r"确诊|诊断|查出|检查(?:说|发现|发觉|结果)|医生说是|发觉是|得了|患有|患了|病人|患者|病史|多年|老毛病|一直有|\d+年了|几年了"
+    r"确诊|诊断|查出|检查(?:说|发现|发觉|结果)|医生说是|发觉是|得了|患有|患了|病人|患者|病史|多年|老毛病|一直有|\d+年了|几年了|"
+    r"对[^,，。!！?？]{1,6}过敏"
 )
 CARE_QUESTION = re.compile(
     rf"治疗|治好|根治|医院|费用|多少钱|吃什么|饮食|注意什么|调理|康复|复查|遗传|结婚|生子|能不能|可以{_C}{{0,8}}吗|"
@@ -109,7 +110,7 @@ RECURRENT = re.compile(
 # A symptom that passed within the message itself ("跑步后喘得厉害，一会就好了").
 RESOLVED_SAME_MESSAGE = re.compile(
     rf"一会(?:儿)?就(?:好|松|缓过来|过去)|(?:几|一两)秒(?:钟)?就(?:好|过去|缓过来)|休息{_C}{{0,3}}就?好了|"
-    rf"(?:已经|马上就|很快就)(?:好了|止住|缓解)|就好了|(?:现在|已经|就)没事了?"
+    rf"(?:已经|马上就|很快就)(?:好了|止住|缓解)|已经{_C}{{0,2}}(?:关|开窗|通风)|就好了|(?:现在|已经|就)没事了?"
 )
 # The asker ("我想了解", "请问") is not a person the message reports on.
 ASKER = re.compile(r"我想(?:多)?(?:了解|知道|问)|请问|我(?:是|们是)医学生|我同学|我老师")
@@ -128,10 +129,12 @@ _FIGURATIVE = (
     rf"想死|要死|死了|窒息|吐血|心脏骤停|心脏病|脑溢血|血压{_C}{{0,3}}(?:上来|飙|升)|差点晕|快晕|要晕|喘不[上过]气|透不过气|要命|疯|"
     rf"瞎|断|散架|跳楼|跳下去|跳河|去死|不想活|撞墙|天要塌|心脏{_C}{{0,4}}跳出来|中暑|胃疼|肚子疼"
 )
+# What a degree is said to reach in hyperbole ("哭到抽搐", "熏得我快中毒了", "肚子要爆炸").
+_DEGREE_FIGURE = r"抽搐|晕倒|晕过去|中毒|爆炸|炸了|断气|昏过去|心跳骤停|停止呼吸|撑死|去世|升天|归西"
 _HYPERBOLE = (
     re.compile(rf"^(?=.*(?:{_EVERYDAY_CAUSE}))(?=.*(?:{_FIGURATIVE})).*$"),
     re.compile(
-        rf"(?:累|忙|困|烦|热|冷|饿|无聊|气|骂|笑|吓|闷|辣|难|逼|愁|急|尴尬|丢人|羞|胖|心累|虐|感动|哭)"
+        rf"(?:累|忙|困|烦|热|冷|冻|晒|渴|吵|饿|撑|饱|无聊|气|骂|笑|吓|闷|辣|难|逼|愁|急|尴尬|丢人|羞|胖|心累|虐|感动|哭)"
         rf"(?:得{_C}{{0,4}}(?:死|窒息|晕|疯|喘不|透不过|吐血|要命)|死(?:了|我|人|啦))"
     ),
     re.compile(r"想死你|想你想死|(?:好|真)想死在床上|想死的心都有"),
@@ -142,6 +145,17 @@ _HYPERBOLE = (
     re.compile(
         rf"(?<![疼痛喘憋咳吐烧晕胀抽呛噎卡闷酸麻痒])得(?:我|人)?都?(?:快|要|快要|差点|都要){_C}{{0,2}}(?:{_FIGURATIVE})"
     ),
+    # "帅到我窒息", "好听到我心跳骤停", "哭到抽搐", "熏得我快中毒了": the same with 到, or with the figures of a
+    # degree, when what comes before is neither a symptom nor a physical cause (摔到昏迷 is a report) nor a
+    # verb of perceiving (觉得快晕倒, 感到喘不上气 are reports)
+    re.compile(
+        rf"(?<![疼痛喘憋咳吐烧晕胀抽呛噎卡闷酸麻痒摔撞磕跌砸打喝吃电烫觉记显晓懂感看听遇想回来收找受])(?:到|得)(?:我|人)?都?(?:快|要|快要|差点|都要|当场)?"
+        rf"{_C}{{0,3}}(?:{_FIGURATIVE}|{_DEGREE_FIGURE})"
+    ),
+)
+# Words of a suicide plan (C-SSRS: method, plan, time): a clause that has them is meant literally.
+_PLAN = re.compile(
+    r"想好|计划|准备好|怎么死|自杀|遗书|上吊|绳子|安眠药|这个周末|今晚就|明天就|别拦|别找我|别救"
 )
 # Words of a body or a symptom: "我真的要窒息了" with none of them anywhere else is a figure of speech.
 _SYMPTOM = re.compile(
@@ -158,7 +172,7 @@ NEGATION_CUE = (
     r"(?:(?:没有|没|无|未|否认|不是|并非|从未|从没)(?!想到|多久|过多久|一会|缘无故|法|论|满|足|数|用|见好|止住|精神|力|劲|"
     r"尿|眼泪|反应|呼吸|心跳|气|了|拉屎|排便|放屁|排气|大便)"
     # "不晕不吐", "不发烧", "不想死": 不 before a symptom denies it (不醒, 不动, 不止, 不能 are signs and stay).
-    r"|不(?=晕|吐|呕|发烧|发热|烧|疼|痛|喘|咳|抽|肿|出血|流血|头疼|头痛|胸闷|憋|想死))"
+    r"|不(?=晕|吐|呕|发烧|发热|烧|疼|痛|喘|咳|抽|肿|出血|流血|头疼|头痛|胸闷|憋|想死|硬))"
 )
 # A negation covers the rest of its clause up to a contrast or a sequel ("没发烧可是抽了", "没吃饭就晕倒了") or 12
 # characters; "还没到医院" (not yet) and "没人" (nobody) deny nothing about the patient.
@@ -228,9 +242,12 @@ def strip_hyperbole(text: str) -> str:
     kept = []
     for clause, plain_figure in zip(clauses, hyperbolic, strict=True):
         others = "".join(c for c in clauses if c is not clause)
+        if _PLAN.search(clause):  # a method, a plan or a time is never a figure of speech
+            kept.append(clause)
+            continue
         figurative = (
             plain_figure
-            or (loose and re.search(_FIGURATIVE, clause) is not None)
+            or (loose and re.search(rf"{_FIGURATIVE}|{_DEGREE_FIGURE}", clause) is not None)
             or (
                 _MODAL_FIGURATIVE.search(clause) is not None
                 and (everyday or not _SYMPTOM.search(_MODAL_FIGURATIVE.sub("", clause) + others))
