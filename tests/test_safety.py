@@ -154,6 +154,12 @@ def test_a_resolved_emergency_does_not_return_with_ordinary_questions() -> None:
         ("一岁宝宝拉肚子一天，哭没有眼泪，半天没尿", "child_danger", ["危险征象"]),
         ("我把所有安眠药都吞了，别来找我", "suicide", ["12356", "120"]),  # a farewell makes it intentional
         ("My father collapsed and is not breathing", "unconscious", ["心肺复苏"]),
+        ("我女儿16岁 刚发现她手机里搜怎么上吊 房间里藏了根绳子", "suicide", ["12356"]),  # preparatory acts
+        (
+            "吃完火锅又喝了一箱啤酒 上腹痛得要命 痛到背上 一直吐",
+            "abdominal",
+            ["不要进食"],
+        ),  # spaces as clauses
     ],
 )
 def test_each_category_shows_its_own_guidance(text: str, category: str, must_say: list[str]) -> None:

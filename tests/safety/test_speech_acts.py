@@ -49,6 +49,13 @@ def test_speech_act(text: str, act: Act) -> None:
         ("这破天气闷死人了,喘不过气来", ""),  # a plainly hyperbolic message takes its other figures along
         ("这个月房租又涨了,我真的要窒息了", "这个月房租又涨了,"),  # no body or symptom word anywhere
         ("喘不上气,我真的要窒息了", "喘不上气,我真的要窒息了"),
+        ("那个男明星帅到我窒息", ""),  # a degree with 到
+        ("昨晚追剧哭到抽搐,今天眼睛肿成核桃", "今天眼睛肿成核桃"),
+        (
+            "用了新的抗生素后全身起疹子,现在觉得快晕倒了",
+            "用了新的抗生素后全身起疹子,现在觉得快晕倒了",
+        ),  # 觉得 perceives
+        ("活着好累,已经想好怎么死了,就这个周末", "活着好累,已经想好怎么死了,就这个周末"),  # a plan is literal
     ],
 )
 def test_strip_hyperbole(text: str, kept: str) -> None:
