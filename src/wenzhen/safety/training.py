@@ -48,7 +48,7 @@ LEARNING_RATE = 0.05
 L2 = 1e-5
 # At most this share of held-out "none" texts may fire, per pool: hard negatives (labelled and generated)
 # and real consultation questions (background), whose fire rate must stay low in service.
-TARGET_FALSE_ALARM = {"hard": 0.01, "background": 0.005}
+TARGET_FALSE_ALARM = {"hard": 0.01, "background": 0.01}
 # Hand-written (labelled) and generated hard negatives are one pool for the threshold: the labelled part of the
 # held-out split is small (about 160 texts), so its own 1% quantile swung the threshold between retrains.
 POOL = {"labelled": "hard", "generated": "hard", "background": "background"}
