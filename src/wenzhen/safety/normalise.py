@@ -208,14 +208,27 @@ def _chinese_number(match: re.Match[str]) -> str:
     return str(value)
 
 
+_HAN = re.compile(r"[\u3400-\u9fff]")
+
+
+def _spaces_to_clauses(text: str) -> str:
+    """A space between two Chinese runs of three or more characters becomes a clause break (see `normalise`)."""
+    parts = re.split(r"(\s+)", text)
+    for i in range(1, len(parts) - 1, 2):
+        left, right = parts[i - 1], parts[i + 1]
+        if len(left) >= 3 and len(right) >= 3 and _HAN.match(left[-1]) and _HAN.match(right[0]):
+            parts[i] = "，"
+    return "".join(parts)
+
+
 def normalise(text: str) -> str:
     """One spelling for the guard: simplified, NFKC, lower case, mapped phrases, digits; a space between
     Chinese words becomes a clause break, other whitespace goes."""
     text = zhconv.convert(unicodedata.normalize("NFKC", text), "zh-cn").lower()
-    # Many people type spaces where punctuation goes ("外婆突然听不懂了 右手也软了"): between two Chinese
-    # characters a space ends a clause, so negation, history and hyperbole stay inside their own clause
-    # (spaces around English or pinyin words are theirs, and go after the phrases are mapped).
-    text = re.sub(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])", "，", text)
+    # Many people type spaces where punctuation goes ("外婆突然听不懂了 右手也软了"): a space between two runs
+    # of at least three Chinese characters ends a clause, so negation, history and hyperbole stay inside their
+    # own clause; a space inside a short phrase ("胸口 剧痛") and spaces around English or pinyin words go.
+    text = _spaces_to_clauses(text)
     for pattern, replacement in _PHRASE_PATTERNS:
         text = pattern.sub(replacement, text)
     text = re.sub(r"\s+", "", text)
