@@ -46,12 +46,11 @@ EPOCHS = 12
 CHUNK = 512
 LEARNING_RATE = 0.05
 L2 = 1e-5
-# At most this share of held-out "none" texts may fire, per pool: hard negatives (labelled and generated)
-# and real consultation questions (background), whose fire rate must stay low in service.
-TARGET_FALSE_ALARM = {"hard": 0.01, "background": 0.01}
-# Hand-written (labelled) and generated hard negatives are one pool for the threshold: the labelled part of the
-# held-out split is small (about 160 texts), so its own 1% quantile swung the threshold between retrains.
-POOL = {"labelled": "hard", "generated": "hard", "background": "background"}
+# At most this share of held-out "none" texts may fire. All "none" kinds (hand-written and generated hard
+# negatives, real consultation questions) are one pool: separate per-kind cuts sat on a few top scores of small
+# pools and moved the threshold between 0.50 and 0.89 from one retrain to the next (leave-one-batch-out).
+TARGET_FALSE_ALARM = {"none": 0.01}
+POOL = {"labelled": "none", "generated": "none", "background": "none"}
 
 
 WHO = ("我", "我爸", "我妈", "孩子", "老公", "老婆", "奶奶", "爷爷", "宝宝", "家里老人", "同事", "我朋友", "")
