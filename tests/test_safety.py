@@ -90,10 +90,25 @@ def test_phrasings_outside_the_labelled_set_fire(text: str, category: str) -> No
         "去年抽搐过一次，现在吃药控制得很好",
         "牙疼死了怎么办",
         "胸口偶尔隐隐作痛，休息就好",
+        "昨天撞到头起了个包，今天已经消了，也不晕不吐",
+        "老妈头晕，但没有口角歪斜，也没有手脚无力，说话也清楚，量了血压130/80",
+        "牙疼半边脸都肿了，能吃消炎药吗",
+        "孩子手被门夹了一下，指甲有点紫，能动",
+        "老公打鼾特别响，晚上会憋醒一下，白天犯困",
+        "我不想死，就是胃不舒服，口臭",
     ],
 )
 def test_negated_past_and_figurative_mentions_do_not_fire(text: str) -> None:
     assert not safety.check([{"role": "user", "content": text}]).fired
+
+
+def test_an_accidental_cut_is_not_read_as_self_harm() -> None:
+    assert (
+        "suicide"
+        not in safety.check(
+            [{"role": "user", "content": "手指被刀划破了，伤口不深，要打破伤风吗"}]
+        ).categories
+    )
 
 
 def _user(*texts: str) -> list[dict[str, str]]:
@@ -137,6 +152,14 @@ def test_a_resolved_emergency_does_not_return_with_ordinary_questions() -> None:
         ("宝宝发烧，身上出了按压不褪色的紫点", "meningitis", ["立即"]),
         ("老人肺炎发烧，现在人迷糊，血压80/50", "sepsis", ["脓毒症"]),
         ("一岁宝宝拉肚子一天，哭没有眼泪，半天没尿", "child_danger", ["危险征象"]),
+        ("我把所有安眠药都吞了，别来找我", "suicide", ["12356", "120"]),  # a farewell makes it intentional
+        ("My father collapsed and is not breathing", "unconscious", ["心肺复苏"]),
+        ("我女儿16岁 刚发现她手机里搜怎么上吊 房间里藏了根绳子", "suicide", ["12356"]),  # preparatory acts
+        (
+            "吃完火锅又喝了一箱啤酒 上腹痛得要命 痛到背上 一直吐",
+            "abdominal",
+            ["不要进食"],
+        ),  # spaces as clauses
     ],
 )
 def test_each_category_shows_its_own_guidance(text: str, category: str, must_say: list[str]) -> None:

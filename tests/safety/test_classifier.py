@@ -23,6 +23,20 @@ def test_features_include_measurement_facts() -> None:
     assert "#血糖危急低" in features(normalise("血糖1.9"))
 
 
+def test_features_mark_denied_words_and_mask_digits() -> None:
+    grams = features(normalise("没有胸痛，血压130/80"))
+    assert "~胸痛" in grams and "胸痛" not in grams
+    assert "#读数血压" in grams and not any(ch in g for g in grams for ch in "1389")
+
+
+def test_a_denied_sign_scores_below_the_same_sign_reported() -> None:
+    model = load_shipped()
+    assert model is not None
+    reported, _ = model.predict(normalise("孩子口吐白沫，全身抽搐"))
+    denied, _ = model.predict(normalise("孩子没有口吐白沫，也没有全身抽搐，就是有点咳嗽"))
+    assert reported >= model.threshold > denied
+
+
 def test_the_guard_uses_the_learned_stage_only_when_configured() -> None:
     assert safety.Guard(safety.SafetyConfig(classifier=False)).classifier is None
     assert safety.Guard().classifier is not None

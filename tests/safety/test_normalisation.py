@@ -19,6 +19,14 @@ from wenzhen.safety.normalise import measurement_facts, normalise
         ("chest pain 40 mins", "胸痛40分钟"),  # English
         ("阿嬷讲唔出话，佢面青青", "阿嬷说不出话,他脸色发青"),  # Cantonese
         ("娃儿抽风了", "孩子抽搐了"),
+        (
+            "外婆突然听不懂了 右手也软了",
+            "外婆突然听不懂了，右手也软了",
+        ),  # a space between Chinese words ends a clause
+        ("右侧 testicle 剧痛", "右侧睾丸剧痛"),  # spaces around English are the English word's
+        ("阿婆食咗啲唔知咩藥 而家嘔緊", "阿婆吃了些不知道什么药，现在在吐"),  # Cantonese
+        ("老汉儿嘴皮乌起的", "爸爸嘴唇发紫起的"),  # south-western
+        ("sugar 1.9 在发抖", "血糖1.9在发抖"),
     ],
 )
 def test_normalise(raw: str, expected: str) -> None:

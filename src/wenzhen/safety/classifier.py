@@ -5,14 +5,16 @@ which numpy does in well under a millisecond, and the serving path should not pu
 Training (`wenzhen.safety.training`) is plain full-batch gradient descent in numpy, deterministic, so a test
 can retrain it and compare the weights with the shipped ones.
 
-Features: the character 1-, 2- and 3-grams of the normalised message, plus one feature per measurement fact
-(`normalise.measurement_facts`, e.g. "#血糖危急低"), each counted once. Weights live in
+Features: the character 1-, 2- and 3-grams of the normalised message (those inside a negation's scope marked
+"~"), one feature per measurement fact (`normalise.measurement_facts`, e.g. "#血糖危急低") and one per speech
+cue (`speech.cue_features`, e.g. "@past", "@about", "@negated"), each counted once. Weights live in
 `resources/safety/classifier.npz`: `vocabulary` (n-grams), `weights` (float16, vocabulary x classes),
 `bias`, `classes` ("none" first), `threshold` (chosen on a held-out split).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wenzhen.safety.normalise import measurement_facts
+from wenzhen.safety.normalise import measured, measurement_facts
+from wenzhen.safety.speech import cue_features, negated_spans
 
 SHIPPED = "resources/safety/classifier.npz"
 NONE = "none"
@@ -32,10 +35,29 @@ MIN_CHARS = 4
 MIN_SCORED_CHARS = 8
 
 
+_DIGIT = re.compile(r"\d")
+
+
+def _ngrams(segment: str, prefix: str = "") -> set[str]:
+    segment = _DIGIT.sub("0", segment)  # numbers speak through the measurement facts, not their digits
+    return {prefix + segment[i : i + n] for n in range(1, MAX_N + 1) for i in range(len(segment) - n + 1)}
+
+
 def features(text: str) -> list[str]:
-    """The distinct character 1..3-grams of normalised `text` and its measurement facts."""
-    grams = {text[i : i + n] for n in range(1, MAX_N + 1) for i in range(len(text) - n + 1)}
+    """The distinct character 1..3-grams of normalised `text`, its measurement facts and speech cues.
+
+    Words a negation denies ("没有胸痛") give n-grams marked "~" ("~胸痛"), so that a denied sign does not
+    count as the sign: a bag of n-grams cannot otherwise tell "没有胸痛" from "胸痛". Digits are all "0": a
+    reading's danger is in its measurement fact ("#血压危急高") beside "#读数血压", not in the digits."""
+    grams: set[str] = set()
+    start = 0
+    for begin, end in negated_spans(text):
+        grams |= _ngrams(text[start:begin]) | _ngrams(text[begin:end], "~")
+        start = end
+    grams |= _ngrams(text[start:])
     grams.update(f"#{fact}" for fact in measurement_facts(text))
+    grams.update(f"#读数{kind}" for kind in measured(text))
+    grams.update(cue_features(text))
     return sorted(grams)
 
 

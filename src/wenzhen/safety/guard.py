@@ -48,10 +48,7 @@ EMERGENCY_HEADER = "【紧急提醒】您描述的情况可能危及生命，请
 EMERGENCY_FOOTER = "以下AI回答仅供参考，不能代替急救和医生面诊。"
 
 # Negation and history cues act only inside their own clause, just before the matched words.
-_NEGATION = re.compile(
-    r"(?:没有|没|无|未|否认|不是|并非|从未|从没)(?!想到|多久|过多久|一会|缘无故|法|论|满|足|数|用|见好|止住|精神|力|劲|尿|眼泪|反应|呼吸|心跳|气|了|拉屎|排便|放屁|排气|大便)"
-    rf"[^{CLAUSE_END}]{{0,3}}$"
-)
+_NEGATION = re.compile(rf"{speech.NEGATION_CUE}[^{CLAUSE_END}]{{0,3}}$")
 # "没有口唇肿胀、腹痛、呼吸困难": a negation covers every item of the list that follows it.
 _NEGATED_LIST = re.compile(
     rf"(?:没有|没|无|未|否认|不伴有?)[^{CLAUSE_END}]{{0,40}}、[^{CLAUSE_END}、]{{0,3}}$"
@@ -62,7 +59,10 @@ _HISTORY = re.compile(
 # Co-occurrence spans at most this many of the latest reported user messages of the current episode.
 WINDOW_MESSAGES = 6
 # An overdose taken on purpose needs the crisis line as well as 120, and a plan carried out needs 120.
-_INTENT = re.compile(r"故意|想死|不想活|自杀|不想被救|一口气|后悔|不想醒|想结束")
+_INTENT = re.compile(
+    r"故意|(?<!不)想死|不想活|自杀|不想被救|一口气|后悔|不想醒|想结束|别(?:来)?(?:找|救)我|永别|解脱|再见了|对不起(?:大家|你们)|"
+    r"我把(?:所有|全部|一整?瓶|整瓶)"  # someone who swallowed all their own pills took them on purpose
+)
 _TAKEN = re.compile(r"(?:吃|吞|服|喝)(?:下去|了|掉)|已经吃|割了|划了")
 
 

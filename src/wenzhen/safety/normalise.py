@@ -23,16 +23,23 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     (r"chest\s*pain", "胸痛"),
     (r"heart\s*attack", "心梗"),
     (
-        r"can'?t\s*breathe|cannot\s*breathe|hard\s*to\s*breathe|short(?:ness)?\s*of\s*breath|not\s*breathing",
+        r"can'?t\s*breathe|cannot\s*breathe|hard\s*to\s*breathe|short(?:ness)?\s*of\s*breath",
         "喘不上气",
     ),
+    (r"(?:is\s*)?not\s*breathing|stopped\s*breathing|no\s*pulse", "没有呼吸"),
+    (r"collaps(?:ed|es|e)", "倒地"),
     (r"sweat(?:ing|y)?", "出汗"),
     (r"seizures?|fitting|convulsions?", "抽搐"),
     (r"kill\s*myself|end\s*my\s*life|suicid(?:e|al)|want\s*to\s*die|kms", "想自杀"),
     (r"overdos(?:e|ed)", "吃药过量"),
     (r"chok(?:ing|ed|es)", "噎住"),
     (r"unconscious|passed\s*out|unresponsive", "昏迷"),
-    (r"face\s*droop(?:ing)?", "嘴歪"),
+    (r"suddenly|all\s*of\s*a\s*sudden", "突然"),
+    (r"my\s*(?:mom|mum|mother)", "我妈"),
+    (r"my\s*(?:dad|father)", "我爸"),
+    (r"face\s*(?:is\s*)?droop\w*|droop\w*\s*face", "嘴歪"),
+    (r"can'?t\s*(?:speak|talk)|cannot\s*(?:speak|talk)|slurr\w*\s*(?:speech|words)?", "说不出话"),
+    (r"(?:weak|numb)\w*\s*(?:on\s*)?one\s*side|one\s*side\s*(?:is\s*)?(?:weak|numb)", "一侧无力"),
     (r"stroke", "中风"),
     (r"allergic\s*reaction|anaphyla\w*", "严重过敏"),
     (r"fever", "发烧"),
@@ -46,7 +53,20 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     (r"hours?|hrs?", "小时"),
     # pinyin (with or without spaces between syllables)
     (r"xiong\s*(?:kou\s*)?(?:tong|teng)", "胸口痛"),
+    (r"xiong\s*kou", "胸口"),
+    (r"xiong\s*men", "胸闷"),
+    (r"hen\s*men", "很闷"),
+    (r"tong\s*dao", "痛到"),
+    (r"(?:zuo|you)?\s*shou\s*bi", "手臂"),
+    (r"tou\s*(?:tong|teng)", "头痛"),
+    (r"du\s*zi\s*(?:tong|teng)", "肚子痛"),
+    (r"chuan\s*bu\s*(?:shang|guo)\s*qi", "喘不上气"),
+    (r"zui\s*wai", "嘴歪"),
+    (r"shuo\s*hua\s*bu\s*qing", "说话不清"),
+    (r"jiao\s*bu\s*xing", "叫不醒"),
     (r"chu\s*leng\s*han", "出冷汗"),
+    (r"chu\s*(?:le\s*)?(?:hen\s*duo\s*|hao\s*duo\s*|yi\s*shen\s*)?(?:xu\s*)?han", "出了很多汗"),
+    (r"hen\s*li\s*hai", "很厉害"),
     (r"bu\s*xiang\s*huo(?:\s*le)?", "不想活了"),
     (r"xiang\s*si", "想死"),
     (r"zi\s*sha", "自杀"),
@@ -56,7 +76,53 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     (r"hu\s*xi\s*kun\s*nan", "呼吸困难"),
     (r"de\s*lihai|de\s*li\s*hai", "得厉害"),
     # dialect and colloquial words (Cantonese, northern, south-western), and frequent typos
+    (r"what\s*(?:is|are)", "是什么"),
+    (r"(?:blood\s*)?sugar|glucose", "血糖"),
+    (r"testicles?|testis", "睾丸"),
+    # Cantonese (after traditional -> simplified)
     (r"佢", "他"),
+    (r"食咗|食了", "吃了"),
+    (r"饮咗", "喝了"),
+    (r"咗", "了"),
+    (r"而家", "现在"),
+    (r"睇", "看"),
+    (r"嘢", "东西"),
+    (r"呕紧", "在吐"),
+    (r"(?<=[吐流抽痛])紧", ""),
+    (r"唔知咩", "不知道什么"),
+    (r"唔识|唔会", "不会"),
+    (r"郁唔到|郁不到", "动不了"),
+    (r"(?<=[撞跌碰烫整])亲", "到"),
+    (r"耳仔", "耳朵"),
+    (r"肚仔", "肚子"),
+    (r"细路(?:哥|仔|女)?|仔仔|bb仔", "孩子"),
+    (r"春袋", "阴囊"),
+    (r"屙", "拉"),
+    (r"成日", "一整天"),
+    (r"一排药", "一板药"),
+    (r"冇晒|冇哂", "没了"),
+    (r"乱讲嘢|乱讲话|乱讲", "胡言乱语"),
+    (r"手震", "手抖"),
+    (r"行唔到|行不到", "走不了"),
+    (r"瞓", "睡"),
+    (r"攰", "累"),
+    (r"老豆|老窦", "爸爸"),
+    (r"(?<![作呕])呕(?![吐心])", "呕吐"),
+    (r"好似", "好像"),
+    (r"嘅", "的"),
+    (r"啲", "些"),
+    (r"通渠水?", "管道疏通剂"),
+    # south-western and northern colloquial words
+    (r"老汉儿?", "爸爸"),
+    (r"(?:嘴皮|嘴唇)(?:子)?乌", "嘴唇发紫"),
+    (r"嘴皮", "嘴唇"),
+    (r"遭不住|扛不住|顶不住", "受不了"),
+    (r"呼息", "呼吸"),
+    (r"为啥", "为什么"),
+    (r"是啥", "是什么"),
+    (r"咋(?=防|预防|避免|回事|治|弄|处理|样)", "怎么"),
+    (r"俩(?=岁|个月)", "2"),
+    (r"小鸡鸡下面的?球球|蛋球", "睾丸"),
     (r"冇", "没有"),
     (r"唔", "不"),
     (r"讲不出话", "说不出话"),
@@ -142,9 +208,27 @@ def _chinese_number(match: re.Match[str]) -> str:
     return str(value)
 
 
+_HAN = re.compile(r"[\u3400-\u9fff]")
+
+
+def _spaces_to_clauses(text: str) -> str:
+    """A space between two Chinese runs of three or more characters becomes a clause break (see `normalise`)."""
+    parts = re.split(r"(\s+)", text)
+    for i in range(1, len(parts) - 1, 2):
+        left, right = parts[i - 1], parts[i + 1]
+        if len(left) >= 3 and len(right) >= 3 and _HAN.match(left[-1]) and _HAN.match(right[0]):
+            parts[i] = "，"
+    return "".join(parts)
+
+
 def normalise(text: str) -> str:
-    """One spelling for the guard: simplified, NFKC, lower case, mapped phrases, digits, no whitespace."""
+    """One spelling for the guard: simplified, NFKC, lower case, mapped phrases, digits; a space between
+    Chinese words becomes a clause break, other whitespace goes."""
     text = zhconv.convert(unicodedata.normalize("NFKC", text), "zh-cn").lower()
+    # Many people type spaces where punctuation goes ("外婆突然听不懂了 右手也软了"): a space between two runs
+    # of at least three Chinese characters ends a clause, so negation, history and hyperbole stay inside their
+    # own clause; a space inside a short phrase ("胸口 剧痛") and spaces around English or pinyin words go.
+    text = _spaces_to_clauses(text)
     for pattern, replacement in _PHRASE_PATTERNS:
         text = pattern.sub(replacement, text)
     text = re.sub(r"\s+", "", text)
@@ -194,6 +278,13 @@ def _age_months(amount: float, unit: str) -> float:
     if "周" in unit or "星期" in unit:
         return amount / 4.35
     return amount + (0.5 if "半" in unit else 0.0)
+
+
+def measured(text: str) -> list[str]:
+    """What normalised `text` gives a reading of (血糖, 血压, 体温, an infant's age), dangerous or not: with the facts, the
+    learned stage can tell "a normal reading" from "a dangerous one" without learning digits."""
+    kinds = {"血糖": _GLUCOSE, "血压": _PRESSURE, "体温": _TEMPERATURE, "月龄": _AGE}
+    return [name for name, pattern in kinds.items() if pattern.search(text)]
 
 
 def measurement_facts(text: str) -> list[str]:

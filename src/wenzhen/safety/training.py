@@ -46,9 +46,11 @@ EPOCHS = 12
 CHUNK = 512
 LEARNING_RATE = 0.05
 L2 = 1e-5
-# At most this share of held-out "none" texts may fire, per kind: hard negatives (labelled and generated)
-# and real consultation questions (background), whose fire rate must stay low in service.
-TARGET_FALSE_ALARM = {"labelled": 0.01, "generated": 0.01, "background": 0.005}
+# At most this share of held-out "none" texts may fire. All "none" kinds (hand-written and generated hard
+# negatives, real consultation questions) are one pool: separate per-kind cuts sat on a few top scores of small
+# pools and moved the threshold between 0.50 and 0.89 from one retrain to the next (leave-one-batch-out).
+TARGET_FALSE_ALARM = {"none": 0.01}
+POOL = {"labelled": "none", "generated": "none", "background": "none"}
 
 
 WHO = ("我", "我爸", "我妈", "孩子", "老公", "老婆", "奶奶", "爷爷", "宝宝", "家里老人", "同事", "我朋友", "")
@@ -70,6 +72,68 @@ ABOUT_FRAMES = (
     "新闻里说有人{c}，我有点害怕，平时怎么预防",
     "{c}病人能吃什么水果",
 )
+# More ways of asking about a condition without reporting one, the way people type them into a search box.
+ABOUT_MORE = (
+    "{c}是怎么回事",
+    "{c}多久能好",
+    "{c}会遗传吗",
+    "{c}挂什么科",
+    "{c}要做哪些检查",
+    "{c}能活多久",
+    "得了{c}还能运动吗",
+    "{c}吃什么药好",
+    "{c}严重吗，死亡率高不高",
+    "{c}一般多大年纪的人容易得",
+    "{c}会复发吗",
+    "{c}的急救措施有哪些",
+    "家里老人有{c}的风险吗，怎么早点发现",
+    "帮朋友问一下，{c}要住院多久",
+)
+# A condition asked "if" or written into a story is preparation or fiction, not a report.
+HYPOTHETICAL_FRAMES = (
+    "如果{who}{d}，应该怎么办",
+    "万一{d}，家里人应该先做什么",
+    "假如遇到有人{d}，怎么急救",
+    "要是半夜{d}，是先打120还是自己去医院",
+    "我在写小说，里面的人物{d}，这样写合理吗",
+    "写一个小故事：主角的{who}突然{d}，大家怎么救他",
+    "拍短剧要演{d}的样子，怎么演才像",
+)
+# Past episodes that are over, told with different time words.
+PAST_FRAMES = (
+    "{who}{year}{d}过一次，后来住院治好了，现在复查都正常，想问饮食要注意什么",
+    "小时候{d}过，已经很多年没犯了，现在能正常上班吗",
+    "{who}{year}因为{d}抢救过来了，现在恢复得不错，平时锻炼有什么讲究",
+    "{year}{d}，当时去医院处理了，这次体检想顺便问问会不会有后遗症",
+)
+YEARS = ("去年", "前年", "三年前", "小时候", "上个月", "前几年", "2019年", "那年")
+# Mild complaints with the danger signs explicitly denied: the negation carries the meaning.
+DENIED_FRAMES = (
+    "{who}{mild}，没有{d}，也没有{d2}，需要去医院吗",
+    "{mild}，不过没有{d}，精神也挺好",
+    "{who}{mild}两天了，无{d}，能先在家观察吗",
+    "医生问有没有{d}，我说没有，就是{mild}",
+    "{who}{mild}，没有{d}，说话也清楚，走路正常",
+    "{who}{mild}，但没有{d}，也没有{d2}，量了血压正常",
+)
+# Chronic conditions with measured numbers below the danger thresholds.
+CHRONIC_FRAMES = (
+    "高血压{years}了，平时血压{sys}/{dia}左右，吃着药，能喝点酒吗",
+    "{who}糖尿病{years}，空腹血糖{glucose}，餐后{after}，需要换药吗",
+    "体检血压{sys}/{dia}，没有不舒服，要吃药吗",
+    "{who}血糖{glucose}，平时吃二甲双胍，饮食怎么控制",
+    "孩子体温{temp}度，精神很好，能吃能玩，要紧吗",
+    "{who}有点头晕，量了血压{sys}/{dia}，要紧吗",
+    "头有点痛，血压{sys}/{dia}，说话走路都正常",
+    "有点心慌，测了血糖{glucose}，正常吗",
+    "宝宝{months}个月，发烧{temp}度，怎么办",
+    "{months}个月的孩子低烧，精神还行",
+)
+# Everyday causes and figurative consequences, recombined: "X得我Y" is hyperbole in any pairing.
+EVERYDAY = ("加班", "考试", "老板", "房贷", "孩子写作业", "堵车", "追剧", "开会", "这天气", "改论文")
+FIGURATIVE = ("累得想死", "快窒息了", "气得吐血", "烦得要命", "血压都上来了", "心脏病都要犯了", "头都要炸了")
+# Style perturbations: how people actually type (no punctuation, spaces, repeated marks, colloquial words).
+COLLOQUIAL = (("怎么", "咋"), ("什么", "啥"), ("吗", "嘛"), ("了", "啦"), ("现在", "这会儿"), ("孩子", "娃"))
 # Negations of every sign are always written: the n-gram model has no other way to learn that "没有" undoes
 # the words after it.
 NEGATION_FRAMES = ("没有{d}，就是有点累", "我没有{d}，只是最近睡不好", "{who}并没有{d}，精神还可以")
@@ -115,6 +179,61 @@ MILD = (
     "两个月大，体温36.8度，鼻子有点堵",
     "发烧几度需要去医院",
 )
+# Minor complaints that share words with emergencies (blood, chest, head blow, vomiting, fever, a fall):
+# the words of an emergency at a harmless size, resolved, or with the danger signs absent.
+NEAR_MISS = (
+    "切菜切到手指，流了一点血，已经止住了",
+    "鼻子出了点血，按了几分钟就停了",
+    "咳嗽痰里有一点血丝",
+    "刷牙牙龈出了点血",
+    "胸口偶尔刺痛一下，几秒就好",
+    "爬楼有点喘，歇一下就好了",
+    "头磕了一下起了个包，不晕不吐",
+    "孩子摔了一跤膝盖擦破皮",
+    "吐了一次，吐完就舒服了",
+    "发烧38度，精神还可以，能吃能喝",
+    "肚子有点疼，拉完就好了",
+    "被开水烫了一下，手背红了一小块",
+    "眼睛进了沙子，冲了一下好多了",
+    "手有点麻，甩一甩就好",
+    "蹲久了站起来眼前一黑，马上就好了",
+    "晚上睡觉小腿抽筋",
+    "吃鱼被小刺卡了一下，咽了口饭下去了",
+    "被蜜蜂蛰了一下，起了个小包",
+    "吃了海鲜身上有几个小疙瘩，有点痒",
+    "量血压135/85，有点担心",
+    "空腹血糖6.8，有点高",
+    "心跳有点快，喝了咖啡",
+    "有点头晕，可能是没吃早饭",
+    "月经量比平时多一点",
+    "宝宝打完疫苗有点低烧，吃奶正常",
+    "喝酒后脸红心跳",
+    "情绪有点低落，想找人聊聊",
+    "最近压力大，睡不好",
+    "吃多了胃里烧得慌，反酸",
+    "打呼噜很响，有时候憋醒",
+    "肚子胀气，老放屁",
+    "耳朵疼，游泳之后开始的",
+)
+# Everyday events with nothing medical in them: what is left of a message once its hyperbole is stripped.
+EVERYDAY_LIFE = (
+    "今天上班被领导骂了",
+    "和老公吵了一架",
+    "孩子考试没考好",
+    "加班到晚上十点",
+    "堵车堵了两个小时",
+    "下雨淋湿了",
+    "手机摔坏了",
+    "搬家累了一天",
+    "期末周天天熬夜复习",
+    "追剧追到半夜",
+    "开了一下午的会",
+    "房贷压力好大",
+    "装修吵得不行",
+    "排队排了一上午",
+    "被孩子的作业折磨",
+    "今天跑了五公里",
+)
 # Hyperbole is stripped before scoring; what is left of it ("今天加班到半夜，") must read as "none".
 HYPERBOLE = (
     "今天加班到半夜，累得想死",
@@ -159,6 +278,21 @@ def _clauses(text: str) -> list[str]:
     return [p for p in pieces if p.strip()]
 
 
+def perturb(rng: random.Random, text: str) -> str:
+    """`text` typed differently: punctuation dropped or spaced, marks repeated, colloquial words."""
+    for formal, colloquial in COLLOQUIAL:
+        if formal in text and rng.random() < 0.3:
+            text = text.replace(formal, colloquial)
+    style = rng.randrange(4)
+    if style == 0:
+        text = "".join(ch for ch in text if ch not in CLAUSE_END)
+    elif style == 1:
+        text = "".join(" " if ch in CLAUSE_END else ch for ch in text).strip()
+    elif style == 2:
+        text = text.rstrip(CLAUSE_END) + rng.choice(("！！！", "？？", "。。。", "啊", "呀"))
+    return text
+
+
 def emergencies(rng: random.Random, labelled: list[dict]) -> list[Example]:
     """Generated emergencies: discriminators in patient frames and recombined labelled clauses."""
     examples = []
@@ -169,6 +303,10 @@ def emergencies(rng: random.Random, labelled: list[dict]) -> list[Example]:
         for sign in category.discriminators:
             for _ in range(12):
                 text = f"{rng.choice(WHO)}{rng.choice(WHEN)}{sign}，{rng.choice(ASK)}"
+                examples.append(Example(_prepared(text), name, "generated"))
+                examples.append(Example(_prepared(perturb(rng, text)), name, "generated"))
+            for _ in range(4):  # a denied ordinary sign does not undo the emergency after it
+                text = f"{rng.choice(WHO)}没有{rng.choice(MILD)}，但是{rng.choice(WHEN)}{sign}，{rng.choice(ASK)}"
                 examples.append(Example(_prepared(text), name, "generated"))
         clauses = by_category.get(name, [])
         for _ in range(60 if len(clauses) >= 4 else 0):
@@ -191,11 +329,48 @@ def hard_negatives(rng: random.Random) -> list[Example]:
                 text = frame.format(d=sign, who=rng.choice(WHO))
                 examples.append(Example(_prepared(text), NONE, "generated"))
     examples += [Example(_prepared(text), NONE, "generated") for text in HYPERBOLE]
+    examples += [Example(_prepared(t), NONE, "generated") for t in _more_negatives(rng)]
+    for complaint in (*NEAR_MISS, *EVERYDAY_LIFE):
+        for _ in range(8):
+            text = f"{rng.choice(WHO)}{rng.choice(WHEN)}{complaint}，{rng.choice(ASK)}"
+            examples.append(Example(_prepared(perturb(rng, text)), NONE, "generated"))
     for complaint in MILD:
         for _ in range(12):
             text = f"{rng.choice(WHO)}{rng.choice(WHEN)}{complaint}，{rng.choice(ASK)}"
             examples.append(Example(_prepared(text), NONE, "generated"))
     return examples
+
+
+def _more_negatives(rng: random.Random) -> list[str]:
+    """Questions about, hypotheticals, fiction, past episodes, denied signs, chronic numbers and hyperbole,
+    from every category's conditions and discriminators, some of them perturbed."""
+    conditions = [c for _, category in CATEGORIES.items() for c in category.conditions]
+    signs = [d for _, category in CATEGORIES.items() for d in category.discriminators]
+    texts = [frame.format(c=c) for c in conditions for frame in rng.sample(ABOUT_MORE, 5)]
+    for sign in signs:
+        texts += [f.format(d=sign, who=rng.choice(WHO)) for f in rng.sample(HYPOTHETICAL_FRAMES, 3)]
+        texts += [
+            f.format(d=sign, who=rng.choice(WHO), year=rng.choice(YEARS)) for f in rng.sample(PAST_FRAMES, 2)
+        ]
+        for frame in rng.sample(DENIED_FRAMES, 2):
+            texts.append(
+                frame.format(d=sign, d2=rng.choice(signs), who=rng.choice(WHO), mild=rng.choice(MILD))
+            )
+    for _ in range(300):
+        texts.append(
+            rng.choice(CHRONIC_FRAMES).format(
+                who=rng.choice(WHO),
+                years=rng.choice(("三年", "十年", "5年", "好几年")),
+                sys=rng.randrange(120, 170),
+                dia=rng.randrange(70, 105),
+                glucose=round(rng.uniform(5.0, 12.0), 1),
+                after=round(rng.uniform(7.0, 15.0), 1),
+                temp=round(rng.uniform(36.5, 38.4), 1),
+                months=rng.randrange(4, 30),
+            )
+        )
+    texts += [f"{cause}{figure}" for cause in EVERYDAY for figure in FIGURATIVE]
+    return texts + [perturb(rng, t) for t in rng.sample(texts, len(texts) // 3)]
 
 
 def background(shared_dir: Path, rules_fire: Callable[[str], bool]) -> list[Example]:
@@ -208,13 +383,15 @@ def background(shared_dir: Path, rules_fire: Callable[[str], bool]) -> list[Exam
     return examples + [Example(_prepared(c), NONE, "background") for c in clauses]
 
 
-def build_examples(shared_dir: Path) -> list[Example]:
-    """The whole training set, in a fixed order."""
+def build_examples(shared_dir: Path, exclude: frozenset[str] = frozenset()) -> list[Example]:
+    """The whole training set, in a fixed order; labelled messages whose text is in `exclude` are left out
+    (leave-one-batch-out: a probe batch measured without the classifier having seen it)."""
     from wenzhen.safety.guard import Guard, SafetyConfig
 
     rules_only = Guard(SafetyConfig(classifier=False))
     rng = random.Random(SEED)
-    red, ordinary = _read_labelled("red_flag.jsonl"), _read_labelled("ordinary.jsonl")
+    red = [r for r in _read_labelled("red_flag.jsonl") if r["text"] not in exclude]
+    ordinary = [r for r in _read_labelled("ordinary.jsonl") if r["text"] not in exclude]
     examples = [Example(_prepared(r["text"]), r["category"]) for r in red if r["category"] in CATEGORIES]
     examples += [Example(_prepared(r["text"]), NONE) for r in ordinary]
     examples += emergencies(rng, red)
@@ -271,9 +448,12 @@ def _fit(
     return weights, bias
 
 
-def train(shared_dir: str | Path) -> tuple[NgramClassifier, dict[str, float]]:
-    """Train on the seeded 80% split, choose the threshold on the 20%, and report held-out figures."""
-    examples = build_examples(Path(shared_dir))
+def train(
+    shared_dir: str | Path, exclude: frozenset[str] = frozenset()
+) -> tuple[NgramClassifier, dict[str, float]]:
+    """Train on the seeded 80% split, choose the threshold on the 20%, and report held-out figures;
+    `exclude` leaves those labelled texts out (see `build_examples`)."""
+    examples = build_examples(Path(shared_dir), exclude)
     classes = [NONE, *CATEGORIES.names()]
     rng = random.Random(SEED)
     held = [rng.random() < HELD_OUT for _ in examples]
@@ -287,19 +467,21 @@ def train(shared_dir: str | Path) -> tuple[NgramClassifier, dict[str, float]]:
     held_ids = [i for i, h in enumerate(held) if h]
     scored = [(model.predict(examples[i].text), examples[i].label) for i in held_ids]
     negatives = [score for (score, _), label in scored if label == NONE]
-    cuts = []
+    # The guard scores only reports (speech.speech_act), so the threshold is set on the negatives that reach it.
+    reaches = {i: speech.speech_act(examples[i].text) is speech.Act.REPORT for i in held_ids}
+    cuts: dict[str, float] = {}
     for kind, share in TARGET_FALSE_ALARM.items():
         kind_scores = sorted(
             (
                 s
                 for ((s, _), label), i in zip(scored, held_ids, strict=True)
-                if label == NONE and examples[i].kind == kind
+                if label == NONE and POOL[examples[i].kind] == kind and reaches[i]
             ),
             reverse=True,
         )
         if kind_scores:
-            cuts.append(float(kind_scores[int(len(kind_scores) * share)]))
-    model.threshold = round(max(cuts, default=0.5) + 1e-4, 4)
+            cuts[kind] = float(kind_scores[int(len(kind_scores) * share)])
+    model.threshold = round(max(cuts.values(), default=0.5) + 1e-4, 4)
     positives = [(score, category, label) for (score, category), label in scored if label != NONE]
     caught = [p for p in positives if p[0] >= model.threshold]
     report = {
@@ -307,6 +489,7 @@ def train(shared_dir: str | Path) -> tuple[NgramClassifier, dict[str, float]]:
         "held_out_positives": float(len(positives)),
         "held_out_negatives": float(len(negatives)),
         "threshold": model.threshold,
+        **{f"cut_{kind}": round(cut, 4) for kind, cut in cuts.items()},
         "held_out_recall": len(caught) / max(len(positives), 1),
         "held_out_category_accuracy": sum(c == lab for _, c, lab in caught) / max(len(caught), 1),
         "held_out_false_alarm": sum(s >= model.threshold for s in negatives) / max(len(negatives), 1),
