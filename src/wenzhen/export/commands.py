@@ -86,12 +86,7 @@ def _merge(args: argparse.Namespace) -> int:
         force=args.force,
         max_shard_bytes=int(args.max_shard_gb * 1024**3),
     )
-    check = report.verification
-    verdict = (
-        f"verified: max |logit diff| {check['max_abs_logit_diff']:.3g} <= {check['tolerance']:.3g}"
-        if check
-        else "not verified (--no-verify)"
-    )
+    verdict = _verdict(report.verification)
     print(
         f"wrote {report.out_dir} ({report.format}, {report.dtype}, {report.shards} shard(s), "
         f"{report.merged_weights} weights merged); {verdict}"
@@ -99,6 +94,13 @@ def _merge(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     return 0
+
+
+def _verdict(check: dict[str, Any] | None) -> str:
+    """How a merge or export was verified, for its one-line summary."""
+    if not check:
+        return "not verified (--no-verify)"
+    return f"verified: max |logit diff| {check['max_abs_logit_diff']:.3g} <= {check['tolerance']:.3g}"
 
 
 def register_export(subparsers: Any) -> None:
@@ -154,12 +156,7 @@ def _export(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         force=args.force,
     )
-    check = report.verification
-    verdict = (
-        f"verified: max |logit diff| {check['max_abs_logit_diff']:.3g} <= {check['tolerance']:.3g}"
-        if check
-        else "not verified (--no-verify)"
-    )
+    verdict = _verdict(report.verification)
     print(
         f"wrote {report.out_file} ({report.architecture}, {report.quant}, {report.tensors} tensors, "
         f"{report.bytes / 1024**2:.1f} MiB of weights); {verdict}"
